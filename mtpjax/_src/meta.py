@@ -1,0 +1,240 @@
+"""Meta-learning: which roles adapt (a label choice) and how the meta-gradient is computed.
+
+Every algorithm is a row of `ALGORITHMS`:
+
+  fast   which roles the inner loop adapts (None: every role but "inner_lr")
+  outer  which roles the outer optimizer updates (None: every role)
+  rule   "maml" (differentiate the query loss through adaptation) or "reptile"
+  first_order, learn_inner_lr
+
+so MAML, first-order MAML, Meta-SGD, ANIL, CAVIA and prompt meta-learning are one code path,
+and Reptile is the one algorithm with its own outer rule.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtpjax._src import adapt as adapt_lib
+from mtpjax._src import types
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  name: str
+  rule: str = "maml"  # "maml" | "reptile"
+  fast: Optional[tuple[str, ...]] = None
+  outer: Optional[tuple[str, ...]] = None
+  first_order: bool = False
+  learn_inner_lr: bool = False
+
+
+ALGORITHMS = {
+    "maml": Algorithm("maml"),
+    "fomaml": Algorithm("fomaml", first_order=True),
+    "metasgd": Algorithm("metasgd", learn_inner_lr=True),
+    "anil": Algorithm("anil", fast=(types.HEAD,)),
+    # CAVIA: only the context adapts, and it restarts from zero for every task, so the outer
+    # loop leaves it out.
+    "cavia": Algorithm("cavia", fast=(types.PROMPT,), outer=(types.SHARED, types.HEAD)),
+    # MetaPrompting-style: only the prompt adapts, and its initialisation is meta-learned.
+    "prompt_maml": Algorithm("prompt_maml", fast=(types.PROMPT,)),
+    "reptile": Algorithm("reptile", rule="reptile"),
+}
+
+
+def get_algorithm(name: str, *, fast: Optional[Sequence[str]] = None,
+                  outer: Optional[Sequence[str]] = None,
+                  first_order: Optional[bool] = None) -> Algorithm:
+  """Looks up a preset by name and optionally overrides what adapts and what is meta-learned."""
+  if name not in ALGORITHMS:
+    raise ValueError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
+  algo = ALGORITHMS[name]
+  for roles, what in ((fast, "fast"), (outer, "outer")):
+    if roles is not None:
+      bad = [r for r in roles if r not in types.ROLES]
+      if bad or not roles:
+        raise ValueError(f"{what} roles must be a non-empty subset of {types.ROLES}, got {roles!r}")
+  return dataclasses.replace(
+      algo,
+      fast=tuple(fast) if fast is not None else algo.fast,
+      outer=tuple(outer) if outer is not None else algo.outer,
+      first_order=algo.first_order if first_order is None else bool(first_order))
+
+
+def fast_roles(algo: Algorithm, params: types.Params) -> tuple[str, ...]:
+  if algo.fast is not None:
+    return tuple(r for r in algo.fast if r in params)
+  return tuple(r for r in params if r != types.INNER_LR)
+
+
+def outer_roles(algo: Algorithm, params: types.Params) -> tuple[str, ...]:
+  if algo.outer is not None:
+    roles = tuple(r for r in algo.outer if r in params)
+  else:
+    roles = tuple(params)
+  if algo.learn_inner_lr and types.INNER_LR not in roles and types.INNER_LR in params:
+    roles += (types.INNER_LR,)
+  return roles
+
+
+class MetaState(NamedTuple):
+  """Everything a meta-training run needs to continue: checkpoint this and nothing else."""
+
+  step: jax.Array       # int32 scalar: meta-steps taken
+  params: types.Params  # every role, meta-learned or not
+  opt_state: Any        # outer optimizer state, over the outer roles only
+  key: types.PRNGKey    # root key; step keys are fold_in(key, step)
+
+
+class MetaLearner(NamedTuple):
+  """A meta-learning algorithm as pure functions (the optax habit).
+
+  init(params, *, key) -> MetaState
+  step(state[, tasks]) -> (state, metrics)      jitted, state donated
+  adapt(params, support, steps=None, eval_fn=None) -> (adapted, aux)   one task
+  task_loss(params, episode) -> (query loss, aux)                       one task
+  """
+
+  init: Callable[..., MetaState]
+  step: Callable[..., tuple[MetaState, dict]]
+  adapt: Callable[..., Any]
+  task_loss: Callable[..., Any]
+  loss_fn: types.LossFn
+  algorithm: Algorithm
+  inner_steps: int
+  inner_lr: float
+
+
+def _check_positive(name, value, allow_zero=False):
+  ok = value >= 0 if allow_zero else value > 0
+  if not ok or (isinstance(value, float) and not math.isfinite(value)):
+    raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value!r}")
+
+
+def check_episode_shapes(episode: Any, what: str = "episode") -> None:
+  """Raises a clear error when support and query disagree in everything but their length."""
+  s, q = episode.support, episode.query
+  for field in ("x", "y"):
+    a, b = getattr(s, field), getattr(q, field)
+    if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+      raise ValueError(f"{what}: support.{field} {a.shape} {a.dtype} and query.{field} "
+                       f"{b.shape} {b.dtype} must agree in every dimension but the first")
+    if a.shape[0] == 0 or b.shape[0] == 0:
+      raise ValueError(f"{what}: empty support or query set ({field}: {a.shape}, {b.shape})")
+  if s.x.shape[0] != s.y.shape[0] or q.x.shape[0] != q.y.shape[0]:
+    raise ValueError(f"{what}: x and y must have the same number of examples, got support "
+                     f"{s.x.shape[0]} vs {s.y.shape[0]}, query {q.x.shape[0]} vs {q.y.shape[0]}")
+
+
+def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation, *,
+                 algorithm: Union[str, Algorithm] = "maml", inner_steps: int = 1,
+                 inner_lr: float = 0.01, meta_batch_size: int = 25,
+                 sample: Optional[types.SampleFn] = None, remat: bool = False,
+                 unroll: Union[int, bool, str] = "auto", donate: bool = True,
+                 jit: bool = True) -> MetaLearner:
+  """Builds a meta-learner: the inner loop, the meta-gradient and one jitted outer step.
+
+  Args:
+    loss_fn: loss_fn(params, batch) -> scalar for one task's batch.
+    optimizer: any optax optimizer for the outer loop.
+    algorithm: a name in ALGORITHMS or an Algorithm (see get_algorithm for overrides).
+    inner_steps: static number of inner SGD steps during meta-training (0: plain loss).
+    inner_lr: inner SGD learning rate (Meta-SGD: the initial per-parameter rate).
+    meta_batch_size: tasks per meta-step.
+    sample: sample(key) -> Episode for one task. With it, step(state) draws its own tasks
+      on the device; without it, step(state, tasks) takes a meta-batch of Episodes.
+    remat, unroll: inner-loop memory/speed knobs (see adapt).
+    donate: donate the state to the step (its buffers are reused in place).
+    jit: compile the step (turn off only to debug).
+
+  >>> learner = meta_learner(loss_fn, optax.adam(1e-3), sample=family.sample)  # doctest: +SKIP
+  >>> state = learner.init(params, key=jax.random.key(0))                      # doctest: +SKIP
+  >>> state, metrics = learner.step(state)                                     # doctest: +SKIP
+  """
+  algo = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
+  _check_positive("inner_steps", inner_steps, allow_zero=True)
+  _check_positive("inner_lr", inner_lr)
+  _check_positive("meta_batch_size", meta_batch_size)
+  if algo.rule == "reptile" and inner_steps == 0:
+    raise ValueError("reptile needs inner_steps >= 1: with 0 steps its update is zero")
+  if algo.rule not in ("maml", "reptile"):
+    raise ValueError(f"unknown meta-gradient rule {algo.rule!r}; known: 'maml', 'reptile'")
+
+  def _lr(params):
+    return params[types.INNER_LR] if algo.learn_inner_lr else inner_lr
+
+  def adapt_task(params, support, steps=None, eval_fn=None, first_order=None):
+    return adapt_lib.adapt(
+        loss_fn, params, support, fast=fast_roles(algo, params),
+        steps=inner_steps if steps is None else steps, lr=_lr(params),
+        first_order=algo.first_order if first_order is None else first_order,
+        remat=remat, unroll=unroll, eval_fn=eval_fn)
+
+  def task_loss(params, episode):
+    adapted, aux = adapt_task(params, episode.support)
+    return loss_fn(adapted, episode.query), aux
+
+  def init(params, *, key):
+    fast = fast_roles(algo, params)
+    adapt_lib.check_roles(params, fast if algo.fast is None else algo.fast,
+                          f"algorithm {algo.name!r} adapts")
+    if algo.outer is not None:
+      adapt_lib.check_roles(params, algo.outer, f"algorithm {algo.name!r} meta-learns")
+    # A copy: the step donates the state, which must not delete the caller's arrays.
+    params = jax.tree.map(jnp.copy, dict(params))
+    if algo.learn_inner_lr and types.INNER_LR not in params:
+      fast_params, _ = adapt_lib.split_roles(params, fast)
+      params[types.INNER_LR] = jax.tree.map(lambda p: jnp.full_like(p, inner_lr), fast_params)
+    outer, _ = adapt_lib.split_roles(params, outer_roles(algo, params))
+    return MetaState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=optimizer.init(outer), key=key)
+
+  def meta_grads(params, tasks):
+    outer_params, frozen = adapt_lib.split_roles(params, outer_roles(algo, params))
+    if algo.rule == "maml":
+      def meta_loss(op):
+        losses, aux = jax.vmap(task_loss, in_axes=(None, 0))({**frozen, **op}, tasks)
+        return jnp.mean(losses), aux
+      (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(outer_params)
+    else:  # Reptile: move toward the mean of the adapted parameters.
+      def one(ep):
+        adapted, aux = adapt_task(params, ep.support)
+        return adapted, loss_fn(adapted, ep.query), aux
+      adapted, losses, aux = jax.vmap(one)(tasks)
+      loss = jnp.mean(losses)
+      grads = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), outer_params,
+                           {r: adapted[r] for r in outer_params})
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if inner_steps > 0:
+      metrics["support_loss"] = jnp.mean(aux["support_loss"][:, 0])
+    return outer_params, frozen, grads, metrics
+
+  def step(state: MetaState, tasks: Optional[types.Episode] = None):
+    if tasks is None:
+      if sample is None:
+        raise ValueError("step(state) needs `sample` at construction; else call step(state, tasks)")
+      keys = jax.random.split(jax.random.fold_in(state.key, state.step), meta_batch_size)
+      tasks = jax.vmap(sample)(keys)  # Episode with leading axis [tasks]
+    outer_params, frozen, grads, metrics = meta_grads(state.params, tasks)
+    updates, opt_state = optimizer.update(grads, state.opt_state, outer_params)
+    outer_params = optax.apply_updates(outer_params, updates)
+    new_state = MetaState(state.step + 1, {**frozen, **outer_params}, opt_state, state.key)
+    return new_state, metrics
+
+  if sample is not None:
+    check_episode_shapes(jax.eval_shape(sample, jax.random.key(0)), "sample(key)")
+  compiled = jax.jit(step, donate_argnums=(0,) if donate else ()) if jit else step
+
+  def checked_step(state: MetaState, tasks: Optional[types.Episode] = None):
+    if tasks is not None:  # shapes are static: checked in Python before any tracing
+      check_episode_shapes(tasks, "step(state, tasks)")
+      return compiled(state, tasks)
+    return compiled(state)
+
+  return MetaLearner(init, checked_step, adapt_task, task_loss, loss_fn, algo, inner_steps,
+                     inner_lr)

@@ -1,0 +1,177 @@
+"""Shared networks as (init, apply) pairs of pure functions over plain pytrees.
+
+Layers are Flax Linen modules; the public surface is two functions:
+
+  init(key, x) -> params            # x: one task's inputs, [n, ...]
+  apply(params, x, context=None)    # -> features [n, width]
+
+`context` is what a prompt composes into (for the MLP: a vector). Every backbone accepts
+``context=None`` and then computes exactly the un-prompted function.
+"""
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtpjax._src import types
+
+CONTEXT_MODES = ("none", "concat", "add", "film")
+
+
+class Net(NamedTuple):
+  """A network as two pure functions. `out_dim` is the feature width it returns."""
+
+  init: Callable[..., types.ArrayTree]
+  apply: Callable[..., types.Array]
+  out_dim: int
+
+
+class _MLP(nn.Module):
+  """ReLU MLP conditioned on an optional context vector (CAVIA-style).
+
+  concat: the context is concatenated to every input (CAVIA regression).
+  add:    a learned projection of the context is added at hidden layer `context_layer`.
+  film:   the context gives per-unit scale and shift at hidden layer `context_layer`
+          (h * (1 + gamma) + beta), so a zero context is the identity.
+  """
+
+  features: Sequence[int]
+  context_mode: str = "none"
+  context_layer: int = 0
+
+  @nn.compact
+  def __call__(self, x, context=None):  # x: [n, in_dim], context: [ctx_dim] or None
+    use_context = self.context_mode != "none" and context is not None
+    if use_context and self.context_mode == "concat":
+      ctx = jnp.broadcast_to(context, x.shape[:-1] + context.shape[-1:])
+      x = jnp.concatenate([x, ctx], axis=-1)
+    for i, width in enumerate(self.features):
+      x = nn.Dense(width, name=f"dense_{i}")(x)
+      if use_context and i == self.context_layer:
+        if self.context_mode == "add":
+          x = x + nn.Dense(width, use_bias=False, name="context_proj")(context)
+        elif self.context_mode == "film":
+          gb = nn.Dense(2 * width, name="film")(context)
+          gamma, beta = jnp.split(gb, 2, axis=-1)
+          x = x * (1.0 + gamma) + beta
+      x = nn.relu(x)
+    return x
+
+
+def mlp(features: Sequence[int], *, context_dim: int = 0, context_mode: str = "concat",
+        context_layer: int = 0) -> Net:
+  """A ReLU MLP backbone, optionally conditioned on a context vector.
+
+  Args:
+    features: hidden widths, e.g. (40, 40) for MAML's sinusoid network.
+    context_dim: size of the context vector the prompt supplies; 0 for none.
+    context_mode: "concat" (to the input), "add" or "film" (at hidden layer `context_layer`).
+    context_layer: which hidden layer "add"/"film" act on.
+
+  Returns:
+    Net with init(key, x) and apply(params, x, context=None).
+
+  >>> net = mlp((40, 40))
+  >>> params = net.init(jax.random.key(0), jnp.zeros((5, 1)))
+  >>> net.apply(params, jnp.zeros((5, 1))).shape
+  (5, 40)
+  """
+  if not features or any(int(f) <= 0 for f in features):
+    raise ValueError(f"mlp: features must be a non-empty list of positive widths, got {features!r}")
+  if context_mode not in CONTEXT_MODES:
+    raise ValueError(f"mlp: context_mode must be one of {CONTEXT_MODES}, got {context_mode!r}")
+  if context_dim < 0:
+    raise ValueError(f"mlp: context_dim must be >= 0, got {context_dim}")
+  if not 0 <= context_layer < len(features):
+    raise ValueError(f"mlp: context_layer must be in [0, {len(features)}), got {context_layer}")
+  mode = context_mode if context_dim > 0 else "none"
+  module = _MLP(tuple(int(f) for f in features), mode, context_layer)
+
+  def init(key, x):
+    context = jnp.zeros((context_dim,), x.dtype) if mode != "none" else None
+    return module.init(key, x, context)["params"]
+
+  def apply(params, x, context=None):
+    return module.apply({"params": params}, x, context)
+
+  return Net(init, apply, int(features[-1]))
+
+
+def identity(in_dim: int) -> Net:
+  """A backbone with no parameters: heads on raw features (and a baseline for tests)."""
+  return Net(lambda key, x: {}, lambda params, x, context=None: x, in_dim)
+
+
+def linear_head(out_dim: int) -> Net:
+  """A linear task head: features [n, d] -> outputs [n, out_dim]."""
+  if out_dim <= 0:
+    raise ValueError(f"linear_head: out_dim must be positive, got {out_dim}")
+  module = nn.Dense(out_dim)
+
+  def init(key, features):
+    return module.init(key, features)["params"]
+
+  def apply(params, features, context=None):
+    del context
+    return module.apply({"params": params}, features)
+
+  return Net(init, apply, out_dim)
+
+
+def context_prompt(dim: int, *, init_scale: float = 0.0) -> Net:
+  """A context vector (CAVIA) as a prompt: parameters [dim], composed as itself.
+
+  With init_scale 0 (CAVIA) the context starts at zero for every task.
+  """
+  if dim <= 0:
+    raise ValueError(f"context_prompt: dim must be positive, got {dim}")
+
+  def init(key, x=None):
+    del x
+    if init_scale == 0.0:
+      return jnp.zeros((dim,), jnp.float32)
+    return init_scale * jax.random.normal(key, (dim,), jnp.float32)
+
+  def apply(params, x=None, context=None):
+    del x, context
+    return params
+
+  return Net(init, apply, dim)
+
+
+class Model(NamedTuple):
+  """A model over a role-keyed params dict: {"shared", "head", optionally "prompt"}."""
+
+  init: Callable[..., types.Params]
+  apply: Callable[..., types.Array]
+
+
+def compose(backbone: Net, head: Optional[Net] = None, prompt: Optional[Net] = None) -> Model:
+  """Combine a backbone, a task head and a prompt into one model with role-keyed params.
+
+  apply(params, x) = head(params["head"], backbone(params["shared"], x, context)),
+  where context = prompt(params["prompt"]) when the model has a prompt.
+
+  >>> model = compose(mlp((40, 40), context_dim=5), linear_head(1), context_prompt(5))
+  >>> params = model.init(jax.random.key(0), jnp.zeros((10, 1)))
+  >>> sorted(params)
+  ['head', 'prompt', 'shared']
+  """
+
+  def init(key, x):
+    k_shared, k_head, k_prompt = jax.random.split(key, 3)
+    params = {types.SHARED: backbone.init(k_shared, x)}
+    if head is not None:
+      params[types.HEAD] = head.init(k_head, jnp.zeros(x.shape[:-1] + (backbone.out_dim,), x.dtype))
+    if prompt is not None:
+      params[types.PROMPT] = prompt.init(k_prompt, x)
+    return params
+
+  def apply(params, x):
+    context = prompt.apply(params[types.PROMPT], x) if prompt is not None else None
+    features = backbone.apply(params[types.SHARED], x, context)
+    return head.apply(params[types.HEAD], features) if head is not None else features
+
+  return Model(init, apply)
