@@ -1,0 +1,290 @@
+"""The shared experiment loop: config, workdir, checkpoint/resume, metrics, progress, NaN guard,
+results.json and plots. Each experiment script only defines its model, tasks and protocol.
+
+Every run writes into its workdir:
+  config.json     the resolved config
+  metrics.jsonl   one JSON object per log step (meta-training loss, grad norm, speed)
+  checkpoints/    orbax checkpoints (the last `keep_checkpoints`), resumed automatically
+  results.json    the evaluation rows and the run's facts (speed, backend, versions)
+  *.png           plots
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+import mtpjax as mj
+from mtpjax._src.checkpoint import Checkpointer, CheckpointError
+
+log = logging.getLogger("mtpjax.experiments")
+
+# Fields that may change between a checkpoint and its resumption without altering the run.
+COSMETIC_FIELDS = ("progress",)
+
+
+class Experiment(NamedTuple):
+  """What an experiment script hands to the shared loop."""
+
+  name: str                                  # benchmark name in results.json
+  learner: mj.MetaLearner
+  params: mj.Params                          # initial parameters
+  evaluate: Callable[[mj.Params], tuple[list, Any]]   # params -> (rows, extras for plots)
+  plot: Optional[Callable[..., list]] = None  # plot(workdir, params, history, extras) -> paths
+
+
+class ConfigMismatch(ValueError):
+  pass
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Clear errors for the fields every experiment shares, before anything compiles."""
+
+  def positive(name, allow_zero=False):
+    value = config[name]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+      raise ValueError(f"config.{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+  if config.algorithm not in mj.ALGORITHMS:
+    raise ValueError(f"config.algorithm must be one of {sorted(mj.ALGORITHMS)}, "
+                     f"got {config.algorithm!r}")
+  for name in ("num_steps", "meta_batch_size", "inner_steps", "inner_lr", "outer_lr",
+               "log_every", "checkpoint_every", "keep_checkpoints", "eval_tasks"):
+    positive(name)
+  eval_steps = list(config.eval_inner_steps)
+  if not eval_steps or any((not isinstance(s, int)) or s < 0 for s in eval_steps):
+    raise ValueError(f"config.eval_inner_steps must be a non-empty list of integers >= 0, "
+                     f"got {eval_steps!r}")
+  if config.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"config.nan_policy must be 'stop' or 'skip', got {config.nan_policy!r}")
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  opt = optax.adam(config.outer_lr)
+  if config.nan_policy == "skip":
+    # Skips updates with non-finite gradients; gives up after this many in a row.
+    opt = optax.apply_if_finite(opt, max_consecutive_errors=config.nan_max_skips)
+  return opt
+
+
+def _skipped_updates(opt_state) -> int:
+  return int(getattr(opt_state, "total_notfinite", 0))
+
+
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _read_jsonl(path, max_step=None):
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # a line cut short by a crash
+        continue
+      if max_step is None or row.get("step", 0) <= max_step:
+        rows.append(row)
+  return rows
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+  keys = sorted((set(old) | set(new)) - set(COSMETIC_FIELDS))
+  return [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in keys
+          if old.get(k) != new.get(k)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experiment: Experiment,
+                       *, allow_config_change: bool = False) -> dict:
+  """Meta-trains `experiment` for config.num_steps (resuming from workdir), then evaluates.
+
+  Returns the results dict that is also written to workdir/results.json.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  cfg = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
+  learner = experiment.learner
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+  state = learner.init(experiment.params, key=jax.random.key(config.seed))
+  timing = {"timed_steps": 0, "timed_seconds": 0.0, "compile_seconds": 0.0}
+  restored = ckpt.restore(like=state)
+  resumed_from = None
+  if restored is not None:
+    state, meta, resumed_from = restored
+    diff = _config_diff(meta.get("config", {}), cfg)
+    if diff and not allow_config_change:
+      raise ConfigMismatch(
+          f"{workdir} holds a checkpoint (step {resumed_from}) of a run with another config:\n  "
+          + "\n  ".join(diff)
+          + "\nUse a new --workdir, or pass --allow_config_change to resume with the new config.")
+    timing = meta.get("timing", timing)
+    print(f"resuming from step {resumed_from} ({ckpt.directory})", file=sys.stderr)
+  _write_json(os.path.join(workdir, "config.json"), cfg)
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start = int(state.step)
+  history = _read_jsonl(metrics_path, max_step=start)
+  with open(metrics_path, "w") as f:  # drop what was logged after the checkpoint we resume
+    for row in history:
+      f.write(json.dumps(row) + "\n")
+
+  def save(state):
+    if not bool(_all_finite(state.params)):
+      raise NonFiniteError(f"refusing to checkpoint non-finite parameters at step {int(state.step)}")
+    return ckpt.save(state, {"config": cfg, "timing": timing})
+
+  def nan_message(step, what):
+    steps = ckpt.steps()
+    last = os.path.join(ckpt.directory, str(steps[-1])) if steps else "none (no checkpoint yet)"
+    return (f"non-finite {what} at meta-step {step}. Last good checkpoint: {last}. Likely "
+            f"causes: the inner learning rate (config.inner_lr={config.inner_lr}) or the outer "
+            f"one (config.outer_lr={config.outer_lr}) is too large for this model; lower it"
+            + (", or set config.nan_policy='skip' to skip non-finite updates." if
+               config.nan_policy == "stop" else "."))
+
+  num_steps = config.num_steps
+  window, t_log, t0 = [], time.perf_counter(), None
+  bar = tqdm.tqdm(total=num_steps, initial=start, desc=experiment.name, unit="step",
+                  disable=not config.progress, dynamic_ncols=True, file=sys.stderr)
+  t_wall = time.perf_counter()
+  with open(metrics_path, "a") as mfile:
+    for step in range(start + 1, num_steps + 1):
+      state, metrics = learner.step(state)
+      window.append(metrics)
+      if t0 is None:  # the first step in this process compiles: time the rest
+        jax.block_until_ready(metrics)
+        timing["compile_seconds"] += time.perf_counter() - t_wall
+        t0, t_log, steps_at_t0 = time.perf_counter(), time.perf_counter(), step
+      if step % config.log_every == 0 or step == num_steps:
+        host = jax.device_get(window)  # the only host sync in the loop
+        row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        now = time.perf_counter()
+        row["steps_per_sec"] = len(window) / max(now - t_log, 1e-9) if step > steps_at_t0 else None
+        row["step"] = step
+        if config.nan_policy == "skip":
+          row["skipped_updates"] = _skipped_updates(state.opt_state)
+        mfile.write(json.dumps(row) + "\n")
+        mfile.flush()
+        history.append(row)
+        if config.nan_policy == "skip":
+          if not bool(_all_finite(state.params)):
+            raise NonFiniteError(nan_message(step, "parameters (after skipped updates)"))
+        else:
+          bad = sorted(k for k, v in row.items() if v is not None and not math.isfinite(v))
+          if bad:
+            raise NonFiniteError(nan_message(step, " and ".join(bad)))
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        bar.update(len(window))
+        window, t_log = [], now
+      if step % config.checkpoint_every == 0 or step == num_steps:
+        jax.block_until_ready(state)
+        timing["timed_steps"] += step - steps_at_t0
+        timing["timed_seconds"] += time.perf_counter() - t0
+        t0, steps_at_t0 = time.perf_counter(), step
+        save(state)
+  bar.close()
+  train_wall = time.perf_counter() - t_wall
+  if not ckpt.steps():  # e.g. resumed a finished run: nothing new to save
+    save(state)
+
+  t_eval = time.perf_counter()
+  rows, extras = experiment.evaluate(state.params)
+  eval_seconds = time.perf_counter() - t_eval
+  steps_per_sec = (timing["timed_steps"] / timing["timed_seconds"]
+                   if timing["timed_seconds"] > 0 else None)
+  results = {
+      "benchmark": experiment.name,
+      "algorithm": config.algorithm,
+      "config": cfg,
+      "num_steps": int(state.step),
+      "meta_steps_per_sec": steps_per_sec,
+      "compile_seconds": timing["compile_seconds"],
+      "wall_seconds": train_wall + eval_seconds,
+      "eval_seconds": eval_seconds,
+      "resumed_from_step": resumed_from,
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "jax_version": jax.__version__,
+      "rows": rows,
+  }
+  _write_json(os.path.join(workdir, "results.json"), results)
+  if experiment.plot is not None:
+    results["plots"] = experiment.plot(workdir, state.params, history, extras)
+  ckpt.close()
+  return results
+
+
+def results_table(results: dict) -> str:
+  lines = [f"{results['benchmark']} / {results['algorithm']}: {results['num_steps']} meta-steps, "
+           + (f"{results['meta_steps_per_sec']:.0f} meta-steps/s, " if results['meta_steps_per_sec'] else "")
+           + f"{results['backend']}",
+           f"{'metric':<10}{'setting':<12}{'inner steps':>12}{'mean':>10}{'95% CI':>10}{'episodes':>10}"]
+  for r in results["rows"]:
+    lines.append(f"{r['metric']:<10}{r['setting']:<12}{r['inner_steps']:>12}{r['mean']:>10.4f}"
+                 f"{r['ci95']:>10.4f}{r['episodes']:>10}")
+  return "\n".join(lines)
+
+
+def eval_rows(result: mj.EvalResult, *, metric_names: dict, setting: str) -> list[dict]:
+  """results.json rows from an EvalResult: {metric, setting, inner_steps, mean, ci95, episodes}."""
+  rows = []
+  for name, label in metric_names.items():
+    for steps, (mean, ci) in result.summary()[name].items():
+      rows.append({"metric": label, "setting": setting, "inner_steps": int(steps),
+                   "mean": mean, "ci95": ci, "episodes": int(result.per_task[name].shape[0])})
+  return rows
+
+
+def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable) -> None:
+  """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...]."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  flags.DEFINE_string("workdir", None, "directory for config, metrics, checkpoints, results",
+                      required=True)
+  flags.DEFINE_bool("allow_config_change", False,
+                    "resume a checkpoint even though its config differs from this one")
+  config_flags.DEFINE_config_dict("config", default_config, "experiment config; override "
+                                  "fields with --config.FIELD=VALUE")
+
+  def run(argv):
+    del argv
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    config = resolve(flags.FLAGS.config)
+    check_config(config)
+    experiment = build(config, make_optimizer(config))
+    results = train_and_evaluate(config, flags.FLAGS.workdir, experiment,
+                                 allow_config_change=flags.FLAGS.allow_config_change)
+    print(results_table(results))
+    print(f"wrote {os.path.join(flags.FLAGS.workdir, 'results.json')}")
+
+  app.run(run)

@@ -1,0 +1,35 @@
+"""Config fields every meta-learning experiment shares."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.algorithm = "maml"          # see mtpjax.ALGORITHMS
+  c.seed = 0
+  # None means "the protocol's value for this algorithm" (filled in by the experiment's
+  # resolve(); config.json records the resolved value).
+  c.num_steps = config_dict.placeholder(int)
+  c.meta_batch_size = config_dict.placeholder(int)
+  c.inner_steps = config_dict.placeholder(int)
+  c.inner_lr = config_dict.placeholder(float)
+  c.outer_lr = config_dict.placeholder(float)
+  c.eval_tasks = 600
+  c.eval_inner_steps = (0, 1, 10)
+  c.log_every = 500
+  c.checkpoint_every = 10_000
+  c.keep_checkpoints = 3
+  c.nan_policy = "stop"         # "stop": raise at the log step; "skip": skip non-finite updates
+  c.nan_max_skips = 10          # with "skip": give up after this many non-finite updates in a row
+  c.progress = True
+  return c
+
+
+def fill(config: ml_collections.ConfigDict, defaults: dict) -> ml_collections.ConfigDict:
+  """A copy of `config` with every None field taken from `defaults`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for name, value in defaults.items():
+    if config.get(name) is None:
+      config[name] = value
+  return config

@@ -1,0 +1,189 @@
+"""The experiment loop: end-to-end runs of the script, exact resume, faults and validation."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import common
+from experiments import sinusoid
+from experiments.configs import sinusoid as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(num_steps=40, meta_batch_size=4, eval_tasks=20, eval_inner_steps=(0, 1, 3),
+            log_every=10, checkpoint_every=10, hidden=(8,), progress=False, plot_tasks=2)
+
+
+def tiny_config(**overrides):
+  c = config_lib.get_config()
+  c.update({**TINY, **overrides})
+  return config_lib.resolve(c)
+
+
+def run(workdir, **overrides):
+  config = tiny_config(**overrides)
+  common.check_config(config)
+  exp = sinusoid.build(config, common.make_optimizer(config))
+  return common.train_and_evaluate(config, str(workdir), exp)
+
+
+def cli(workdir, *args):
+  return [sys.executable, "-m", "experiments.sinusoid", f"--workdir={workdir}"] + [
+      f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()
+  ] + list(args)
+
+
+def test_script_end_to_end_writes_every_artifact(tmp_path):
+  out = subprocess.run(cli(tmp_path, "--config.algorithm=cavia"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "mse" in out.stdout and "10-shot" in out.stdout
+  for name in ("config.json", "metrics.jsonl", "results.json", "training_curve.png", "fits.png",
+               "mse_vs_inner_steps.png"):
+    assert os.path.exists(tmp_path / name), name
+  results = json.loads((tmp_path / "results.json").read_text())
+  for field in ("benchmark", "algorithm", "config", "num_steps", "meta_steps_per_sec",
+                "wall_seconds", "backend", "jax_version", "rows"):
+    assert field in results
+  assert results["algorithm"] == "cavia" and results["num_steps"] == 40
+  assert results["config"]["inner_lr"] == 1.0 and results["config"]["context_dim"] == 5  # resolved
+  assert {r["inner_steps"] for r in results["rows"]} == {0, 1, 3}
+  assert all(r["episodes"] == 20 and r["ci95"] > 0 for r in results["rows"])
+  logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in logged] == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize("algorithm", sorted(config_lib.ALGORITHM_DEFAULTS))
+def test_every_algorithm_trains_and_the_same_seed_gives_the_same_figures(tmp_path, algorithm):
+  a = run(tmp_path / "a", algorithm=algorithm, num_steps=20, eval_tasks=10)
+  b = run(tmp_path / "b", algorithm=algorithm, num_steps=20, eval_tasks=10)
+  assert [r["mean"] for r in a["rows"]] == [r["mean"] for r in b["rows"]]
+  assert all(np.isfinite(r["mean"]) for r in a["rows"])
+
+
+def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+  steps = dict(num_steps=400, log_every=20, checkpoint_every=60)
+  args = [f"--config.{k}={v}" for k, v in steps.items()]
+  ref = subprocess.run(cli(tmp_path / "ref", *args), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+
+  work = tmp_path / "killed"
+  proc = subprocess.Popen(cli(work, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint exists
+    if glob.glob(str(work / "checkpoints" / "1[0-9]0")) or glob.glob(str(work / "checkpoints" / "[2-3][0-9]0")):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed; raise num_steps"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(work / "results.json")
+
+  resumed = subprocess.run(cli(work, *args), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from step" in resumed.stderr
+  r_ref = json.loads((tmp_path / "ref" / "results.json").read_text())
+  r_res = json.loads((work / "results.json").read_text())
+  assert r_res["resumed_from_step"] is not None and r_res["resumed_from_step"] < 400
+  assert [r["mean"] for r in r_res["rows"]] == [r["mean"] for r in r_ref["rows"]]
+  assert [r["ci95"] for r in r_res["rows"]] == [r["ci95"] for r in r_ref["rows"]]
+  # Parameters: compare the final checkpoints leaf by leaf, bitwise.
+  config = tiny_config(**steps)
+  exp = sinusoid.build(config, common.make_optimizer(config))
+  like = exp.learner.init(exp.params, key=jax.random.key(0))
+  from mtpjax._src.checkpoint import Checkpointer
+  a = Checkpointer(str(tmp_path / "ref" / "checkpoints")).restore(like)[0]
+  b = Checkpointer(str(work / "checkpoints")).restore(like)[0]
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The metrics log has each step once, as an uninterrupted run would.
+  logged = [json.loads(l)["step"] for l in (work / "metrics.jsonl").read_text().splitlines()]
+  assert logged == list(range(20, 401, 20))
+
+
+def test_resume_with_a_different_config_is_an_error_unless_overridden(tmp_path):
+  run(tmp_path, num_steps=20)
+  config = tiny_config(num_steps=30, inner_lr=0.02)
+  exp = sinusoid.build(config, common.make_optimizer(config))
+  with pytest.raises(common.ConfigMismatch, match="inner_lr"):
+    common.train_and_evaluate(config, str(tmp_path), exp)
+  results = common.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
+  assert results["num_steps"] == 30 and results["resumed_from_step"] == 20
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  run(tmp_path, num_steps=30)
+  ckpts = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "*"))
+                 if os.path.basename(p).isdigit())
+  assert ckpts[-1] == 30
+  latest = tmp_path / "checkpoints" / "30"
+  for path in glob.glob(str(latest / "state" / "**" / "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"garbage")
+  config = tiny_config(num_steps=30)
+  exp = sinusoid.build(config, common.make_optimizer(config))
+  with caplog.at_level("WARNING"):
+    results = common.train_and_evaluate(config, str(tmp_path), exp)
+  assert results["resumed_from_step"] == 20
+  assert "unreadable" in caplog.text
+  # None usable: a clear error.
+  for step in glob.glob(str(tmp_path / "checkpoints" / "*")):
+    for path in glob.glob(os.path.join(step, "state", "**", "*"), recursive=True):
+      if os.path.isfile(path):
+        with open(path, "wb") as f:
+          f.write(b"garbage")
+  from mtpjax._src.checkpoint import CheckpointError
+  with pytest.raises(CheckpointError, match="no usable checkpoint"):
+    common.train_and_evaluate(config, str(tmp_path), exp)
+
+
+def test_nan_guard_stops_and_names_the_step_checkpoint_and_cause(tmp_path):
+  with pytest.raises(common.NonFiniteError) as err:
+    run(tmp_path, inner_lr=1e6, num_steps=40, checkpoint_every=1000)
+  msg = str(err.value)
+  assert "meta-step 10" in msg and "inner_lr" in msg and "grad_norm" in msg and "no checkpoint yet" in msg
+
+
+def test_nan_skip_policy_skips_bad_updates_and_reports_them(tmp_path):
+  # An absurd inner lr makes every update non-finite: the parameters stay finite (untouched)
+  # until the limit of consecutive skips is reached; then the guard stops the run.
+  with pytest.raises(common.NonFiniteError, match="after skipped updates"):
+    run(tmp_path, inner_lr=1e15, nan_policy="skip", nan_max_skips=5)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["skipped_updates"] >= 5 and not np.isfinite(rows[-1]["loss"])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("algorithm", "mamll", "config.algorithm must be one of"),
+    ("num_steps", 0, "config.num_steps must be > 0"),
+    ("inner_steps", -1, "config.inner_steps must be > 0"),
+    ("inner_lr", 0.0, "config.inner_lr must be > 0"),
+    ("outer_lr", -1e-3, "config.outer_lr must be > 0"),
+    ("meta_batch_size", 0, "config.meta_batch_size must be > 0"),
+    ("eval_inner_steps", (1, -2), "config.eval_inner_steps"),
+    ("nan_policy", "ignore", "config.nan_policy"),
+])
+def test_config_errors_name_the_field(field, value, match):
+  c = config_lib.get_config()
+  c.update(TINY)
+  c[field] = value
+  with pytest.raises(ValueError, match=match):
+    common.check_config(config_lib.resolve(c))
+
+
+def test_prompt_algorithms_need_a_prompt():
+  config = tiny_config(algorithm="cavia", context_dim=0)
+  with pytest.raises(ValueError, match="context_dim must be > 0"):
+    sinusoid.build(config, common.make_optimizer(config))
