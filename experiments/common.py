@@ -246,10 +246,11 @@ def results_table(results: dict) -> str:
   lines = [f"{results['benchmark']} / {results['algorithm']}: {results['num_steps']} meta-steps, "
            + (f"{results['meta_steps_per_sec']:.0f} meta-steps/s, " if results['meta_steps_per_sec'] else "")
            + f"{results['backend']}",
-           f"{'metric':<10}{'setting':<12}{'inner steps':>12}{'mean':>10}{'95% CI':>10}{'episodes':>10}"]
+           f"{'metric':<10}{'setting':<12}{'inner steps':>12}{'mean':>10}{'95% CI':>10}"
+           f"{'episodes':>10}{'diverged':>10}"]
   for r in results["rows"]:
     lines.append(f"{r['metric']:<10}{r['setting']:<12}{r['inner_steps']:>12}{r['mean']:>10.4f}"
-                 f"{r['ci95']:>10.4f}{r['episodes']:>10}")
+                 f"{r['ci95']:>10.4f}{r['episodes']:>10}{r.get('nonfinite', 0):>10}")
   return "\n".join(lines)
 
 
@@ -258,8 +259,12 @@ def eval_rows(result: mj.EvalResult, *, metric_names: dict, setting: str) -> lis
   rows = []
   for name, label in metric_names.items():
     for steps, (mean, ci) in result.summary()[name].items():
+      values = result.per_task[name][:, steps]
       rows.append({"metric": label, "setting": setting, "inner_steps": int(steps),
-                   "mean": mean, "ci95": ci, "episodes": int(result.per_task[name].shape[0])})
+                   "mean": mean, "ci95": ci, "episodes": int(values.shape[0]),
+                   # episodes whose adaptation diverged (their metric is inf/nan, and so is the
+                   # mean): reported, never dropped.
+                   "nonfinite": int(np.sum(~np.isfinite(values)))})
   return rows
 
 

@@ -27,8 +27,8 @@ def build_model(config):
                      "config.context_dim must be > 0")
   prompt = mj.context_prompt(config.context_dim) if config.context_dim else None
   backbone = mj.mlp(tuple(config.hidden), context_dim=config.context_dim,
-                    context_mode=config.context_mode)
-  return mj.compose(backbone, mj.linear_head(1), prompt)
+                    context_mode=config.context_mode, kernel_init=config.kernel_init)
+  return mj.compose(backbone, mj.linear_head(1, kernel_init=config.kernel_init), prompt)
 
 
 def build(config, optimizer) -> common.Experiment:

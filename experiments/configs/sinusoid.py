@@ -36,6 +36,9 @@ def get_config(arg=None):
   c.train_queries = None        # query points per training task; None: K (the protocol)
   c.eval_queries = 100
   c.hidden = (40, 40)
+  # "maml": truncated normal std 0.01, as cbfinn/maml. With "lecun" (Flax default) MAML reaches a
+  # sharper init: 7 of 600 test tasks diverge at 10 inner steps (README, "Sinusoid").
+  c.kernel_init = "maml"
   c.context_dim = None          # prompt (context) size; None: per algorithm (5 for CAVIA)
   c.context_mode = "concat"     # concat | add | film
   c.plot_tasks = 4

@@ -116,19 +116,27 @@ def _check_positive(name, value, allow_zero=False):
     raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value!r}")
 
 
-def check_episode_shapes(episode: Any, what: str = "episode") -> None:
-  """Raises a clear error when support and query disagree in everything but their length."""
+def check_episode_shapes(episode: Any, what: str = "episode", *, batched: bool = False) -> None:
+  """Raises a clear error when support and query disagree in anything but their length.
+
+  With batched=True, every array has a leading task axis, which must agree everywhere.
+  """
   s, q = episode.support, episode.query
+  n = 1 if batched else 0  # the example axis
+  if batched:
+    sizes = {a.shape[0] for a in (s.x, s.y, q.x, q.y)}
+    if len(sizes) != 1:
+      raise ValueError(f"{what}: the leading task axis differs between arrays: {sorted(sizes)}")
   for field in ("x", "y"):
     a, b = getattr(s, field), getattr(q, field)
-    if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+    if a.shape[n + 1:] != b.shape[n + 1:] or a.dtype != b.dtype:
       raise ValueError(f"{what}: support.{field} {a.shape} {a.dtype} and query.{field} "
-                       f"{b.shape} {b.dtype} must agree in every dimension but the first")
-    if a.shape[0] == 0 or b.shape[0] == 0:
+                       f"{b.shape} {b.dtype} must agree in every dimension but the example axis")
+    if a.shape[n] == 0 or b.shape[n] == 0:
       raise ValueError(f"{what}: empty support or query set ({field}: {a.shape}, {b.shape})")
-  if s.x.shape[0] != s.y.shape[0] or q.x.shape[0] != q.y.shape[0]:
+  if s.x.shape[n] != s.y.shape[n] or q.x.shape[n] != q.y.shape[n]:
     raise ValueError(f"{what}: x and y must have the same number of examples, got support "
-                     f"{s.x.shape[0]} vs {s.y.shape[0]}, query {q.x.shape[0]} vs {q.y.shape[0]}")
+                     f"{s.x.shape[n]} vs {s.y.shape[n]}, query {q.x.shape[n]} vs {q.y.shape[n]}")
 
 
 def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation, *,
@@ -232,7 +240,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
 
   def checked_step(state: MetaState, tasks: Optional[types.Episode] = None):
     if tasks is not None:  # shapes are static: checked in Python before any tracing
-      check_episode_shapes(tasks, "step(state, tasks)")
+      check_episode_shapes(tasks, "step(state, tasks)", batched=True)
       return compiled(state, tasks)
     return compiled(state)
 

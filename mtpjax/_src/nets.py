@@ -40,6 +40,7 @@ class _MLP(nn.Module):
   features: Sequence[int]
   context_mode: str = "none"
   context_layer: int = 0
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x, context=None):  # x: [n, in_dim], context: [ctx_dim] or None
@@ -48,20 +49,34 @@ class _MLP(nn.Module):
       ctx = jnp.broadcast_to(context, x.shape[:-1] + context.shape[-1:])
       x = jnp.concatenate([x, ctx], axis=-1)
     for i, width in enumerate(self.features):
-      x = nn.Dense(width, name=f"dense_{i}")(x)
+      x = nn.Dense(width, kernel_init=self.kernel_init, name=f"dense_{i}")(x)
       if use_context and i == self.context_layer:
         if self.context_mode == "add":
-          x = x + nn.Dense(width, use_bias=False, name="context_proj")(context)
+          proj = nn.Dense(width, use_bias=False, name="context_proj")(context)
+          x = x + jnp.broadcast_to(proj, x.shape)
         elif self.context_mode == "film":
           gb = nn.Dense(2 * width, name="film")(context)
-          gamma, beta = jnp.split(gb, 2, axis=-1)
+          gamma, beta = (jnp.broadcast_to(a, x.shape) for a in jnp.split(gb, 2, axis=-1))
           x = x * (1.0 + gamma) + beta
       x = nn.relu(x)
     return x
 
 
+KERNEL_INITS = {
+    "lecun": nn.initializers.lecun_normal(),
+    # cbfinn/maml's fully connected layers: truncated normal, std 0.01.
+    "maml": nn.initializers.truncated_normal(stddev=0.01),
+}
+
+
+def _kernel_init(name):
+  if name not in KERNEL_INITS:
+    raise ValueError(f"kernel_init must be one of {sorted(KERNEL_INITS)}, got {name!r}")
+  return KERNEL_INITS[name]
+
+
 def mlp(features: Sequence[int], *, context_dim: int = 0, context_mode: str = "concat",
-        context_layer: int = 0) -> Net:
+        context_layer: int = 0, kernel_init: str = "lecun") -> Net:
   """A ReLU MLP backbone, optionally conditioned on a context vector.
 
   Args:
@@ -69,6 +84,7 @@ def mlp(features: Sequence[int], *, context_dim: int = 0, context_mode: str = "c
     context_dim: size of the context vector the prompt supplies; 0 for none.
     context_mode: "concat" (to the input), "add" or "film" (at hidden layer `context_layer`).
     context_layer: which hidden layer "add"/"film" act on.
+    kernel_init: "lecun" (Flax's default) or "maml" (truncated normal, std 0.01).
 
   Returns:
     Net with init(key, x) and apply(params, x, context=None).
@@ -87,7 +103,7 @@ def mlp(features: Sequence[int], *, context_dim: int = 0, context_mode: str = "c
   if not 0 <= context_layer < len(features):
     raise ValueError(f"mlp: context_layer must be in [0, {len(features)}), got {context_layer}")
   mode = context_mode if context_dim > 0 else "none"
-  module = _MLP(tuple(int(f) for f in features), mode, context_layer)
+  module = _MLP(tuple(int(f) for f in features), mode, context_layer, _kernel_init(kernel_init))
 
   def init(key, x):
     context = jnp.zeros((context_dim,), x.dtype) if mode != "none" else None
@@ -104,11 +120,11 @@ def identity(in_dim: int) -> Net:
   return Net(lambda key, x: {}, lambda params, x, context=None: x, in_dim)
 
 
-def linear_head(out_dim: int) -> Net:
+def linear_head(out_dim: int, *, kernel_init: str = "lecun") -> Net:
   """A linear task head: features [n, d] -> outputs [n, out_dim]."""
   if out_dim <= 0:
     raise ValueError(f"linear_head: out_dim must be positive, got {out_dim}")
-  module = nn.Dense(out_dim)
+  module = nn.Dense(out_dim, kernel_init=_kernel_init(kernel_init))
 
   def init(key, features):
     return module.init(key, features)["params"]

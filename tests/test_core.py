@@ -1,0 +1,187 @@
+"""Nets, prompts, losses, evaluation and input validation."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mtpjax as mj
+
+
+def test_mlp_matches_a_hand_computation():
+  net = mj.mlp((3, 2))
+  x = jax.random.normal(jax.random.key(1), (4, 5))
+  p = net.init(jax.random.key(0), x)
+  h = jax.nn.relu(x @ p["dense_0"]["kernel"] + p["dense_0"]["bias"][None])
+  h = jax.nn.relu(h @ p["dense_1"]["kernel"] + p["dense_1"]["bias"][None])
+  np.testing.assert_allclose(net.apply(p, x), h, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["add", "film"])
+def test_zero_context_is_the_unconditioned_network_for_add_and_film(mode):
+  x = jax.random.normal(jax.random.key(1), (4, 2))
+  plain = mj.mlp((6, 6))
+  net = mj.mlp((6, 6), context_dim=3, context_mode=mode, context_layer=1)
+  p = net.init(jax.random.key(0), x)
+  p_plain = {k: v for k, v in p.items() if k.startswith("dense_")}
+  if mode == "film":  # zero context gives gamma = beta = film bias: zero them for identity
+    p = {**p, "film": {**p["film"], "bias": jnp.zeros_like(p["film"]["bias"])}}
+  np.testing.assert_allclose(net.apply(p, x, jnp.zeros(3)), plain.apply(p_plain, x), rtol=1e-6)
+  assert not np.allclose(net.apply(p, x, jnp.ones(3)), plain.apply(p_plain, x))
+
+
+def test_concat_context_is_a_bias_on_the_first_layer():
+  x = jax.random.normal(jax.random.key(1), (4, 2))
+  ctx = jnp.array([0.5, -1.0])
+  net = mj.mlp((5,), context_dim=2, context_mode="concat")
+  p = net.init(jax.random.key(0), x)
+  k = p["dense_0"]["kernel"]  # [2 + 2, 5]
+  expected = jax.nn.relu(x @ k[:2] + (ctx @ k[2:] + p["dense_0"]["bias"])[None])
+  np.testing.assert_allclose(net.apply(p, x, ctx), expected, rtol=1e-6)
+
+
+def test_compose_roles_and_prompt_init():
+  model = mj.compose(mj.mlp((4,), context_dim=3), mj.linear_head(2), mj.context_prompt(3))
+  p = model.init(jax.random.key(0), jnp.zeros((7, 1)))
+  assert set(p) == {"shared", "head", "prompt"}
+  np.testing.assert_array_equal(p["prompt"], np.zeros(3))  # CAVIA: zero context
+  assert model.apply(p, jnp.ones((7, 1))).shape == (7, 2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(features=()), "features"), (dict(features=(4, 0)), "features"),
+    (dict(features=(4,), context_mode="mul"), "context_mode"),
+    (dict(features=(4,), context_dim=2, context_layer=3), "context_layer"),
+    (dict(features=(4,), kernel_init="xavier"), "kernel_init"),
+])
+def test_mlp_rejects_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    mj.mlp(**kwargs)
+
+
+def test_losses():
+  logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+  labels = jnp.array([0, 2])
+  logp = jax.nn.log_softmax(logits)
+  ce = -(logp[0, 0] + logp[1, 2]) / 2
+  np.testing.assert_allclose(mj.cross_entropy(logits, labels), ce, rtol=1e-6)
+  w = jnp.array([1.0, 1.0, 3.0])
+  wce = -(1.0 * logp[0, 0] + 3.0 * logp[1, 2]) / 4.0
+  np.testing.assert_allclose(mj.weighted_cross_entropy(logits, labels, w), wce, rtol=1e-6)
+  np.testing.assert_allclose(mj.weighted_cross_entropy(logits, labels, jnp.ones(3)), ce, rtol=1e-6)
+  np.testing.assert_allclose(mj.accuracy(logits, labels), 0.5)
+  np.testing.assert_allclose(mj.mse(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0])), 5.0)
+
+
+def test_mean_ci95():
+  v = np.array([1.0, 2.0, 3.0, 4.0])
+  mean, ci = mj.mean_ci95(v)
+  assert mean == 2.5
+  assert math.isclose(ci, 1.96 * np.std(v, ddof=1) / 2.0)
+
+
+def _learner(algorithm="maml", **kw):
+  family = mj.tasks.sinusoid.family(5, 20)
+  model = mj.compose(mj.mlp((8,)), mj.linear_head(1))
+  params = model.init(jax.random.key(0), jnp.zeros((5, 1)))
+  loss_fn = mj.supervised(model.apply, mj.mse)
+  return family, params, mj.meta_learner(loss_fn, optax.adam(1e-3), algorithm=algorithm,
+                                         inner_lr=0.05, **kw)
+
+
+def test_evaluate_records_the_query_loss_after_each_step_count():
+  family, params, learner = _learner()
+  key = jax.random.key(5)
+  res = mj.evaluate(learner, params, family.sample, key=key, num_tasks=7, inner_steps=(0, 1, 4),
+                    batch_size=3)
+  assert res.per_task["loss"].shape == (7, 5)
+  # Recompute task 5 by hand: the evaluator's keys are split(key, chunks * batch_size).
+  ep = family.sample(jax.random.split(key, 9)[5])
+  for steps in (0, 1, 4):
+    adapted, _ = learner.adapt(params, ep.support, steps=steps)
+    np.testing.assert_allclose(res.per_task["loss"][5, steps],
+                               learner.loss_fn(adapted, ep.query), rtol=1e-5)
+  mean, ci = res.summary()["loss"][4]
+  assert (mean, ci) == mj.mean_ci95(res.per_task["loss"][:, 4])
+
+
+def test_evaluator_compiles_once_across_calls():
+  family, params, learner = _learner()
+  traces = []
+
+  def sample(key):
+    traces.append(1)
+    return family.sample(key)
+
+  evaluator = mj.make_evaluator(learner, sample, max_steps=2, batch_size=4)
+  a = evaluator(params, jax.random.key(0), 8)
+  params2 = jax.tree.map(lambda x: x + 0.1, params)
+  b = evaluator(params2, jax.random.key(0), 8)
+  assert len(traces) == 1
+  assert not np.allclose(a["loss"], b["loss"])
+
+
+def test_split_episode_is_disjoint_and_validates():
+  x = jnp.arange(10.0)[:, None]
+  ep = mj.split_episode(jax.random.key(0), x, 2 * x, shots=3, queries=4)
+  s, q = set(np.asarray(ep.support.x[:, 0])), set(np.asarray(ep.query.x[:, 0]))
+  assert len(s) == 3 and len(q) == 4 and not s & q
+  np.testing.assert_array_equal(ep.support.y, 2 * ep.support.x)
+  with pytest.raises(ValueError, match="exceeds the 10 available points"):
+    mj.split_episode(jax.random.key(0), x, x, shots=6, queries=5)
+  with pytest.raises(ValueError, match="x has 10 examples but y has 9"):
+    mj.split_episode(jax.random.key(0), x, x[:9], shots=2, queries=2)
+
+
+def test_bad_meta_learner_arguments_fail_before_compiling():
+  loss_fn = lambda p, b: jnp.mean(b.y) * jnp.sum(p["shared"])
+  opt = optax.sgd(0.1)
+  with pytest.raises(ValueError, match="unknown algorithm 'mamll'"):
+    mj.meta_learner(loss_fn, opt, algorithm="mamll")
+  for kw, match in [(dict(inner_steps=-1), "inner_steps"), (dict(inner_lr=0.0), "inner_lr"),
+                    (dict(inner_lr=float("nan")), "inner_lr"),
+                    (dict(meta_batch_size=0), "meta_batch_size")]:
+    with pytest.raises(ValueError, match=match):
+      mj.meta_learner(loss_fn, opt, **kw)
+  with pytest.raises(ValueError, match="reptile needs inner_steps >= 1"):
+    mj.meta_learner(loss_fn, opt, algorithm="reptile", inner_steps=0)
+  with pytest.raises(ValueError, match="fast roles"):
+    mj.get_algorithm("maml", fast=("backbone",))
+
+
+def test_support_and_query_shapes_that_disagree_are_rejected():
+  def bad_sample(key):
+    return mj.Episode(mj.Batch(jnp.zeros((5, 1)), jnp.zeros((5, 1))),
+                      mj.Batch(jnp.zeros((5, 2)), jnp.zeros((5, 1))))
+
+  loss_fn = lambda p, b: jnp.mean(b.y)
+  with pytest.raises(ValueError, match=r"support.x \(5, 1\).*query.x \(5, 2\)"):
+    mj.meta_learner(loss_fn, optax.sgd(0.1), sample=bad_sample)
+  learner = mj.meta_learner(loss_fn, optax.sgd(0.1))
+  state = learner.init({"shared": jnp.zeros(1)}, key=jax.random.key(0))
+  tasks = mj.Episode(mj.Batch(jnp.zeros((2, 5, 1)), jnp.zeros((2, 4, 1))),
+                     mj.Batch(jnp.zeros((2, 5, 1)), jnp.zeros((2, 5, 1))))
+  with pytest.raises(ValueError, match="same number of examples"):
+    learner.step(state, tasks)
+
+
+def test_algorithm_roles_missing_from_the_params_are_an_error():
+  _, params, learner = _learner("cavia")
+  with pytest.raises(ValueError, match=r"roles \['prompt'\] are not in the parameters"):
+    learner.init(params, key=jax.random.key(0))
+
+
+def test_sinusoid_family():
+  fam = mj.tasks.sinusoid.family(4, 6)
+  ep = fam.sample(jax.random.key(0))
+  amp, phase = fam.task_params(jax.random.split(jax.random.key(0))[0])
+  np.testing.assert_allclose(ep.query.y, amp * jnp.sin(ep.query.x - phase), rtol=1e-5, atol=1e-6)
+  assert 0.1 <= float(amp) <= 5.0 and 0.0 <= float(phase) <= math.pi
+  with pytest.raises(ValueError, match="shots and queries must be positive"):
+    mj.tasks.sinusoid.family(0, 5)
+  with pytest.raises(ValueError, match="amp_range"):
+    mj.tasks.sinusoid.family(5, 5, amp_range=(2.0, 1.0))
