@@ -6,6 +6,7 @@ jitted, donated step vmapped over the tasks of a meta-batch.
 """
 
 from mtpjax import tasks
+from mtpjax._src import prompts
 from mtpjax._src.adapt import adapt, split_roles
 from mtpjax._src.data import split_episode
 from mtpjax._src.evaluate import EvalResult, evaluate, make_evaluator, mean_ci95
@@ -13,7 +14,8 @@ from mtpjax._src.losses import accuracy, cross_entropy, mse, supervised, weighte
 from mtpjax._src.meta import (ALGORITHMS, Algorithm, MetaLearner, MetaState, get_algorithm,
                               meta_learner)
 from mtpjax._src.nets import Model, Net, compose, context_prompt, identity, linear_head, mlp
-from mtpjax._src.types import (HEAD, INNER_LR, PROMPT, ROLES, SHARED, Array, Batch, Episode,
-                               LossFn, Params, PRNGKey, SampleFn)
+from mtpjax._src.transformer import token_embeddings, transformer
+from mtpjax._src.types import (HEAD, INNER_LR, PROMPT, PROMPT_SHARED, ROLES, SHARED, Array,
+                               Batch, Episode, LossFn, Params, PRNGKey, SampleFn)
 
 __version__ = "0.1.0"

@@ -40,7 +40,8 @@ ALGORITHMS = {
     "anil": Algorithm("anil", fast=(types.HEAD,)),
     # CAVIA: only the context adapts, and it restarts from zero for every task, so the outer
     # loop leaves it out.
-    "cavia": Algorithm("cavia", fast=(types.PROMPT,), outer=(types.SHARED, types.HEAD)),
+    "cavia": Algorithm("cavia", fast=(types.PROMPT,),
+                       outer=(types.SHARED, types.HEAD, types.PROMPT_SHARED)),
     # MetaPrompting-style: only the prompt adapts, and its initialisation is meta-learned.
     "prompt_maml": Algorithm("prompt_maml", fast=(types.PROMPT,)),
     "reptile": Algorithm("reptile", rule="reptile"),
@@ -191,8 +192,9 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     fast = fast_roles(algo, params)
     adapt_lib.check_roles(params, fast if algo.fast is None else algo.fast,
                           f"algorithm {algo.name!r} adapts")
-    if algo.outer is not None:
-      adapt_lib.check_roles(params, algo.outer, f"algorithm {algo.name!r} meta-learns")
+    if algo.outer is not None and not any(r in params for r in algo.outer):
+      raise ValueError(f"algorithm {algo.name!r} meta-learns roles {list(algo.outer)}, none of "
+                       f"which is in the parameters (roles {sorted(params)})")
     # A copy: the step donates the state, which must not delete the caller's arrays.
     params = jax.tree.map(jnp.copy, dict(params))
     if algo.learn_inner_lr and types.INNER_LR not in params:

@@ -21,11 +21,14 @@ CONTEXT_MODES = ("none", "concat", "add", "film")
 
 
 class Net(NamedTuple):
-  """A network as two pure functions. `out_dim` is the feature width it returns."""
+  """A network as pure functions. `out_dim` is the feature width it returns; `embed`, when a
+  backbone has one, maps inputs to a context-free representation [n, d] (prompts that
+  condition on the instance use it)."""
 
   init: Callable[..., types.ArrayTree]
   apply: Callable[..., types.Array]
   out_dim: int
+  embed: Optional[Callable[..., types.Array]] = None
 
 
 class _MLP(nn.Module):
@@ -136,25 +139,10 @@ def linear_head(out_dim: int, *, kernel_init: str = "lecun") -> Net:
   return Net(init, apply, out_dim)
 
 
-def context_prompt(dim: int, *, init_scale: float = 0.0) -> Net:
-  """A context vector (CAVIA) as a prompt: parameters [dim], composed as itself.
-
-  With init_scale 0 (CAVIA) the context starts at zero for every task.
-  """
-  if dim <= 0:
-    raise ValueError(f"context_prompt: dim must be positive, got {dim}")
-
-  def init(key, x=None):
-    del x
-    if init_scale == 0.0:
-      return jnp.zeros((dim,), jnp.float32)
-    return init_scale * jax.random.normal(key, (dim,), jnp.float32)
-
-  def apply(params, x=None, context=None):
-    del x, context
-    return params
-
-  return Net(init, apply, dim)
+def context_prompt(dim: int, *, init_scale: float = 0.0):
+  """A context vector (CAVIA) as a prompt; see mtpjax.prompts.context."""
+  from mtpjax._src import prompts
+  return prompts.context(dim, init_scale=init_scale)
 
 
 class Model(NamedTuple):
@@ -164,11 +152,12 @@ class Model(NamedTuple):
   apply: Callable[..., types.Array]
 
 
-def compose(backbone: Net, head: Optional[Net] = None, prompt: Optional[Net] = None) -> Model:
+def compose(backbone: Net, head: Optional[Net] = None, prompt=None) -> Model:
   """Combine a backbone, a task head and a prompt into one model with role-keyed params.
 
-  apply(params, x) = head(params["head"], backbone(params["shared"], x, context)),
-  where context = prompt(params["prompt"]) when the model has a prompt.
+  apply(params, x, task_repr=None) = head(params["head"], backbone(params["shared"], x, ctx))
+  where ctx = prompt.apply(params["prompt_shared"], params["prompt"], ...) when the model has
+  a prompt (see mtpjax.prompts).
 
   >>> model = compose(mlp((40, 40), context_dim=5), linear_head(1), context_prompt(5))
   >>> params = model.init(jax.random.key(0), jnp.zeros((10, 1)))
@@ -180,13 +169,23 @@ def compose(backbone: Net, head: Optional[Net] = None, prompt: Optional[Net] = N
     k_shared, k_head, k_prompt = jax.random.split(key, 3)
     params = {types.SHARED: backbone.init(k_shared, x)}
     if head is not None:
-      params[types.HEAD] = head.init(k_head, jnp.zeros(x.shape[:-1] + (backbone.out_dim,), x.dtype))
+      params[types.HEAD] = head.init(k_head, jnp.zeros(x.shape[:1] + (backbone.out_dim,)))
     if prompt is not None:
-      params[types.PROMPT] = prompt.init(k_prompt, x)
+      shared_part, task_part = prompt.init(k_prompt)
+      if task_part is not None:
+        params[types.PROMPT] = task_part
+      if shared_part is not None:
+        params[types.PROMPT_SHARED] = shared_part
     return params
 
-  def apply(params, x):
-    context = prompt.apply(params[types.PROMPT], x) if prompt is not None else None
+  def apply(params, x, task_repr=None):
+    context = None
+    if prompt is not None:
+      embed = None
+      if backbone.embed is not None:
+        embed = lambda inputs: backbone.embed(params[types.SHARED], inputs)
+      context = prompt.apply(params.get(types.PROMPT_SHARED), params.get(types.PROMPT),
+                             task_repr=task_repr, x=x, embed=embed)
     features = backbone.apply(params[types.SHARED], x, context)
     return head.apply(params[types.HEAD], features) if head is not None else features
 

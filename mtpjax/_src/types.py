@@ -7,16 +7,18 @@ import jax
 Array = jax.Array
 PRNGKey = jax.Array
 ArrayTree = Any
-Params = dict[str, ArrayTree]  # top level keyed by role: "shared", "head", "prompt", "inner_lr"
+Params = dict[str, ArrayTree]  # top level keyed by role (ROLES below)
 
 # The roles a parameter can have. The top level of a params dict is keyed by role; algorithms
 # choose what adapts (and what the outer loop updates) by naming roles, never by name-matching
 # inside the tree.
-SHARED = "shared"
-HEAD = "head"
-PROMPT = "prompt"
-INNER_LR = "inner_lr"
-ROLES = (SHARED, HEAD, PROMPT, INNER_LR)
+SHARED = "shared"                # the shared network (backbone)
+HEAD = "head"                    # task heads
+PROMPT = "prompt"                # the per-task prompt: what prompt-only adaptation adapts
+PROMPT_SHARED = "prompt_shared"  # prompt parameters shared across tasks: a shared prompt,
+                                 # a prompt generator, a prompt bank and its keys
+INNER_LR = "inner_lr"            # Meta-SGD's per-parameter inner learning rates
+ROLES = (SHARED, HEAD, PROMPT, PROMPT_SHARED, INNER_LR)
 
 
 class Batch(NamedTuple):
