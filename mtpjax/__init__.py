@@ -8,6 +8,7 @@ jitted, donated step vmapped over the tasks of a meta-batch.
 from mtpjax import tasks
 from mtpjax._src import prompts
 from mtpjax._src.adapt import adapt, split_roles
+from mtpjax._src.checkpoint import Checkpointer, CheckpointError, restore_params
 from mtpjax._src.data import split_episode
 from mtpjax._src.evaluate import EvalResult, evaluate, make_evaluator, mean_ci95
 from mtpjax._src.losses import accuracy, cross_entropy, mse, supervised, weighted_cross_entropy

@@ -3,7 +3,11 @@
 import os
 
 # Must be set before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Tests are compile-bound (second-order steps through a Transformer): XLA's backend
+# optimisation level 0 halves CPU compile time (7.7 s -> 4.1 s for a MAML step through the
+# encoder). Benchmarks and experiments run with XLA's defaults. Subprocesses inherit this.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -14,7 +14,8 @@ VOCAB, WIDTH, DEPTH, T = 40, 16, 2, 10
 
 
 def encoder(pooling="cls"):
-  return mj.transformer(VOCAB, width=WIDTH, depth=DEPTH, heads=2, max_len=T, pooling=pooling)
+  enc = mj.transformer(VOCAB, width=WIDTH, depth=DEPTH, heads=2, max_len=T, pooling=pooling)
+  return enc._replace(apply=jax.jit(enc.apply), embed=jax.jit(enc.embed))
 
 
 def tokens(seed=0, n=3):
@@ -179,26 +180,26 @@ def test_prompt_tuning_with_a_frozen_backbone_updates_only_the_prompt_and_head()
   assert n_opt == 2 * n_outer and n_shared > n_outer  # no optimizer state for the backbone
 
 
+W = 8  # a tiny encoder: these runs check wiring, and second-order compiles cost time
 KINDS = {
-    "static": lambda: prompts.static(2, WIDTH),
-    "static_shared": lambda: prompts.static(2, WIDTH, shared=True),
-    "prefix": lambda: prompts.static(2, WIDTH, prefix_depth=DEPTH),
-    "composed_add": lambda: prompts.composed(2, WIDTH, mode="add"),
-    "composed_concat": lambda: prompts.composed(2, WIDTH, mode="concat", task_length=1),
-    "composed_mpt_prefix": lambda: prompts.composed(2, WIDTH, mode="mpt", rank=1,
-                                                    prefix_depth=DEPTH),
-    "generated": lambda: prompts.generated(2, WIDTH, repr_dim=4, hidden=8),
-    "ensembled": lambda: prompts.ensembled(3, 2, WIDTH, key_dim=4),
-    "ensembled_instance": lambda: prompts.ensembled(3, 2, WIDTH, key_dim=4, instance=True),
+    "static": lambda: prompts.static(2, W),
+    "static_shared": lambda: prompts.static(2, W, shared=True),
+    "prefix": lambda: prompts.static(2, W, prefix_depth=1),
+    "composed_add": lambda: prompts.composed(2, W, mode="add"),
+    "composed_concat": lambda: prompts.composed(2, W, mode="concat", task_length=1),
+    "composed_mpt_prefix": lambda: prompts.composed(2, W, mode="mpt", rank=1, prefix_depth=1),
+    "generated": lambda: prompts.generated(2, W, repr_dim=4, hidden=8),
+    "ensembled": lambda: prompts.ensembled(3, 2, W, key_dim=4),
+    "ensembled_instance": lambda: prompts.ensembled(3, 2, W, key_dim=4, instance=True),
 }
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_prompt_kind_meta_learns_in_the_jitted_vmapped_step(kind, algorithm):
-  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=8, vocab_size=VOCAB)
+  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=6, vocab_size=VOCAB)
   fam = mj.tasks.classification.episodes(data, ways=2, shots=1, queries=2)
-  enc = mj.transformer(VOCAB, width=WIDTH, depth=DEPTH, heads=2, max_len=8, mlp_dim=16)
+  enc = mj.transformer(VOCAB, width=W, depth=1, heads=1, max_len=6, mlp_dim=8)
   model = mj.compose(enc, mj.linear_head(2), KINDS[kind]())
   params = model.init(jax.random.key(0), jnp.asarray(data[0, :1]))
   fast = ("prompt",) if "prompt" in params else ("prompt_shared",)
@@ -213,3 +214,22 @@ def test_every_prompt_kind_meta_learns_in_the_jitted_vmapped_step(kind, algorith
   role = fast[0]
   moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.params[role], params[role])
   assert any(jax.tree.leaves(moved)), "the prompt's initialisation was not meta-learned"
+
+
+def test_a_prompt_transfers_from_another_runs_checkpoint(tmp_path):
+  kind = prompts.static(3, WIDTH)
+  model = mj.compose(encoder(), mj.linear_head(2), kind)
+  params = model.init(jax.random.key(0), tokens())
+  learner = mj.meta_learner(mj.supervised(model.apply, mj.cross_entropy), optax.sgd(0.1))
+  state = learner.init(params, key=jax.random.key(0))
+  state = state._replace(params={**state.params, "prompt": state.params["prompt"] + 1.0})
+  mj.Checkpointer(str(tmp_path)).save(state, {"note": "source run"})
+  source = mj.restore_params(str(tmp_path), roles=("prompt",))
+  np.testing.assert_array_equal(source["prompt"], params["prompt"] + 1.0)
+  target = model.init(jax.random.key(5), tokens())
+  target["prompt"] = jnp.asarray(source["prompt"])  # SPoT: the new run starts from it
+  assert model.apply(target, tokens()).shape == (3, 2)
+  with pytest.raises(mj.CheckpointError, match="no roles"):
+    mj.restore_params(str(tmp_path), roles=("prompt_shared",))
+  with pytest.raises(mj.CheckpointError, match="no checkpoint"):
+    mj.restore_params(str(tmp_path / "nothing"))

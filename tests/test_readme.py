@@ -22,3 +22,17 @@ def test_readme_example_runs_and_learns(capsys):
   assert set(summary) == {0, 1, 10}
   assert summary[10][0] < summary[0][0]  # adaptation helps after 200 meta-steps already
   assert np.isfinite(summary[1][0])
+
+
+def test_readme_prompt_example_runs():
+  blocks = python_blocks()
+  assert len(blocks) >= 2, "README lost its prompt example"
+  namespace = {}
+  exec(compile(blocks[1], "README.md", "exec"), namespace)
+  state, params, res = namespace["state"], namespace["params"], namespace["res"]
+  acc = res.summary()["accuracy"]
+  assert set(acc) == {0, 1, 5} and all(0.0 <= m <= 1.0 for m, _ in acc.values())
+  assert not np.allclose(state.params["prompt"], params["prompt"])  # meta-learned
+  np.testing.assert_array_equal(  # the encoder was frozen
+      state.params["shared"]["token_embed"]["embedding"],
+      params["shared"]["token_embed"]["embedding"])

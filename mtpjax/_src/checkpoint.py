@@ -98,3 +98,30 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+def restore_params(directory: str, *, step: Optional[int] = None,
+                   roles: Optional[tuple] = None) -> dict:
+  """Loads the parameters saved by another run, without knowing their structure in advance.
+
+  For SPoT-style transfer: `restore_params(run + "/checkpoints", roles=("prompt",))["prompt"]`
+  initialises a new task's prompt from a source run. Arrays come back as numpy arrays.
+  """
+  directory = os.path.abspath(directory)
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {directory}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise CheckpointError(f"no checkpoint for step {step} in {directory}; have {steps}")
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  params = dict(out.state["params"])
+  manager.close()
+  if roles is not None:
+    missing = [r for r in roles if r not in params]
+    if missing:
+      raise CheckpointError(f"checkpoint {directory}/{step} has no roles {missing}; it has "
+                            f"{sorted(params)}")
+    params = {r: params[r] for r in roles}
+  return params

@@ -178,6 +178,10 @@ def compose(backbone: Net, head: Optional[Net] = None, prompt=None) -> Model:
         params[types.PROMPT_SHARED] = shared_part
     return params
 
+  # One compiled init instead of Flax running the forward pass eagerly, op by op (~10x
+  # faster for the Transformer on the CPU).
+  init = jax.jit(init)
+
   def apply(params, x, task_repr=None):
     context = None
     if prompt is not None:
