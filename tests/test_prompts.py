@@ -233,3 +233,32 @@ def test_a_prompt_transfers_from_another_runs_checkpoint(tmp_path):
     mj.restore_params(str(tmp_path), roles=("prompt_shared",))
   with pytest.raises(mj.CheckpointError, match="no checkpoint"):
     mj.restore_params(str(tmp_path / "nothing"))
+
+
+def test_generated_prompt_from_the_support_summary_inside_the_meta_step():
+  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=6, vocab_size=VOCAB)
+  fam = mj.tasks.classification.episodes(data, ways=2, shots=1, queries=2)
+  enc = mj.transformer(VOCAB, width=W, depth=1, heads=1, max_len=6, mlp_dim=8)
+  kind = prompts.generated(2, W, repr_dim=W, hidden=8)
+  model = mj.compose(enc, mj.linear_head(2), kind)
+  params = model.init(jax.random.key(0), jnp.asarray(data[0, :1]))
+  loss_fn = mj.supervised(model.apply, mj.cross_entropy)
+  summary = lambda p, support: prompts.support_summary(enc.embed, p["shared"], support.x)
+  algo = mj.get_algorithm("maml", fast=("head",))
+  learner = mj.meta_learner(loss_fn, optax.sgd(0.1), algorithm=algo, inner_lr=0.1,
+                            task_repr=summary)
+  ep = jax.tree.map(lambda a: a[0], jax.vmap(fam.sample)(jax.random.split(jax.random.key(3), 1)))
+  # The task loss is the loss with the prompt generated from this support set's summary.
+  got, _ = learner.task_loss(params, ep)
+  r = summary(params, ep.support)
+  adapted, _ = mj.adapt(lambda p, b: loss_fn(p, b, task_repr=r), params, ep.support,
+                        fast=("head",), steps=1, lr=0.1)
+  np.testing.assert_allclose(got, loss_fn(adapted, ep.query, task_repr=r), rtol=1e-6)
+  # Gradients reach the generator and, through the summary, the encoder's embeddings.
+  g = jax.grad(lambda p: learner.task_loss(p, ep)[0])(params)
+  assert float(jnp.abs(g["prompt_shared"]["w1"]).sum()) > 0
+  assert float(jnp.abs(g["shared"]["token_embed"]["embedding"]).sum()) > 0
+  # Evaluation passes the same representation to its metrics.
+  res = mj.evaluate(learner, params, fam.sample, key=jax.random.key(3), num_tasks=1,
+                    inner_steps=(1,))
+  np.testing.assert_allclose(res.per_task["loss"][0, 1], got, rtol=1e-5)

@@ -50,7 +50,10 @@ def make_evaluator(learner: meta_lib.MetaLearner, sample: types.SampleFn, *,
 
   def one_task(params, key):
     episode = sample(key)
-    eval_fn = lambda p: {name: fn(p, episode.query) for name, fn in metrics.items()}
+    kw = {}
+    if learner.task_repr is not None:  # the task's representation reaches every metric
+      kw["task_repr"] = learner.task_repr(params, episode.support)
+    eval_fn = lambda p: {name: fn(p, episode.query, **kw) for name, fn in metrics.items()}
     _, aux = learner.adapt(params, episode.support, steps=max_steps, eval_fn=eval_fn,
                            first_order=True)
     return aux["trajectory"]  # {name: [max_steps + 1]}

@@ -39,7 +39,9 @@ def supervised(apply: Callable[[types.Params, types.Array], types.Array],
   >>> loss_fn(params, Batch(x, y))                  # doctest: +SKIP
   """
 
-  def loss_fn(params, batch: types.Batch):
-    return loss(apply(params, batch.x), batch.y)
+  def loss_fn(params, batch: types.Batch, task_repr=None):
+    if task_repr is None:
+      return loss(apply(params, batch.x), batch.y)
+    return loss(apply(params, batch.x, task_repr=task_repr), batch.y)
 
   return loss_fn

@@ -106,6 +106,7 @@ class MetaLearner(NamedTuple):
   adapt: Callable[..., Any]
   task_loss: Callable[..., Any]
   loss_fn: types.LossFn
+  task_repr: Optional[Callable[..., Any]]  # task_repr(params, support), or None
   algorithm: Algorithm
   inner_steps: int
   inner_lr: float
@@ -145,7 +146,9 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
                  inner_lr: float = 0.01, meta_batch_size: int = 25,
                  sample: Optional[types.SampleFn] = None, remat: bool = False,
                  unroll: Union[int, bool, str] = "auto", donate: bool = True,
-                 jit: bool = True) -> MetaLearner:
+                 jit: bool = True,
+                 task_repr: Optional[Callable[[types.Params, types.Batch], Any]] = None
+                 ) -> MetaLearner:
   """Builds a meta-learner: the inner loop, the meta-gradient and one jitted outer step.
 
   Args:
@@ -160,6 +163,10 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     remat, unroll: inner-loop memory/speed knobs (see adapt).
     donate: donate the state to the step (its buffers are reused in place).
     jit: compile the step (turn off only to debug).
+    task_repr: optional task_repr(params, support) -> representation, computed once per task
+      from its support set at the meta-parameters and passed to every loss of that task as
+      loss_fn(params, batch, task_repr=r), e.g. for generated prompts conditioned on
+      prompts.support_summary of the support set. Gradients reach the parameters through it.
 
   >>> learner = meta_learner(loss_fn, optax.adam(1e-3), sample=family.sample)  # doctest: +SKIP
   >>> state = learner.init(params, key=jax.random.key(0))                      # doctest: +SKIP
@@ -177,16 +184,24 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
   def _lr(params):
     return params[types.INNER_LR] if algo.learn_inner_lr else inner_lr
 
-  def adapt_task(params, support, steps=None, eval_fn=None, first_order=None):
+  def bind(params, support):
+    """loss_fn with this task's representation bound (itself when there is none)."""
+    if task_repr is None:
+      return loss_fn
+    r = task_repr(params, support)
+    return lambda p, batch: loss_fn(p, batch, task_repr=r)
+
+  def adapt_task(params, support, steps=None, eval_fn=None, first_order=None, bound=None):
     return adapt_lib.adapt(
-        loss_fn, params, support, fast=fast_roles(algo, params),
+        bound or bind(params, support), params, support, fast=fast_roles(algo, params),
         steps=inner_steps if steps is None else steps, lr=_lr(params),
         first_order=algo.first_order if first_order is None else first_order,
         remat=remat, unroll=unroll, eval_fn=eval_fn)
 
   def task_loss(params, episode):
-    adapted, aux = adapt_task(params, episode.support)
-    return loss_fn(adapted, episode.query), aux
+    bound = bind(params, episode.support)
+    adapted, aux = adapt_task(params, episode.support, bound=bound)
+    return bound(adapted, episode.query), aux
 
   def init(params, *, key):
     fast = fast_roles(algo, params)
@@ -213,8 +228,9 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(outer_params)
     else:  # Reptile: move toward the mean of the adapted parameters.
       def one(ep):
-        adapted, aux = adapt_task(params, ep.support)
-        return adapted, loss_fn(adapted, ep.query), aux
+        bound = bind(params, ep.support)
+        adapted, aux = adapt_task(params, ep.support, bound=bound)
+        return adapted, bound(adapted, ep.query), aux
       adapted, losses, aux = jax.vmap(one)(tasks)
       loss = jnp.mean(losses)
       grads = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), outer_params,
@@ -246,5 +262,5 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       return compiled(state, tasks)
     return compiled(state)
 
-  return MetaLearner(init, checked_step, adapt_task, task_loss, loss_fn, algo, inner_steps,
-                     inner_lr)
+  return MetaLearner(init, checked_step, adapt_task, task_loss, loss_fn, task_repr, algo,
+                     inner_steps, inner_lr)
