@@ -262,3 +262,20 @@ def test_generated_prompt_from_the_support_summary_inside_the_meta_step():
   res = mj.evaluate(learner, params, fam.sample, key=jax.random.key(3), num_tasks=1,
                     inner_steps=(1,))
   np.testing.assert_allclose(res.per_task["loss"][0, 1], got, rtol=1e-5)
+
+
+def test_meta_sgd_learns_per_parameter_rates_for_a_nested_prompt():
+  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=6, vocab_size=VOCAB)
+  fam = mj.tasks.classification.episodes(data, ways=2, shots=1, queries=2)
+  enc = mj.transformer(VOCAB, width=W, depth=1, heads=1, max_len=6, mlp_dim=8)
+  model = mj.compose(enc, mj.linear_head(2), KINDS["composed_mpt_prefix"]())
+  params = model.init(jax.random.key(0), jnp.asarray(data[0, :1]))
+  algo = mj.get_algorithm("metasgd", fast=("prompt",))
+  learner = mj.meta_learner(mj.supervised(model.apply, mj.cross_entropy), optax.adam(1e-2),
+                            algorithm=algo, inner_lr=0.1, meta_batch_size=2, sample=fam.sample)
+  state = learner.init(params, key=jax.random.key(1))
+  chex.assert_trees_all_equal_structs(state.params["inner_lr"], {"prompt": params["prompt"]})
+  for _ in range(2):
+    state, _ = learner.step(state)
+  rates = state.params["inner_lr"]["prompt"]
+  assert not np.allclose(rates["u"], 0.1) and not np.allclose(rates["v"], 0.1)
