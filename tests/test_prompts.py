@@ -181,6 +181,14 @@ def test_prompt_tuning_with_a_frozen_backbone_updates_only_the_prompt_and_head()
 
 
 W = 8  # a tiny encoder: these runs check wiring, and second-order compiles cost time
+def tiny_task_family():
+  """2-way 1-shot keyword episodes and a width-8, depth-1 encoder."""
+  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=6, vocab_size=VOCAB)
+  fam = mj.tasks.classification.episodes(data, ways=2, shots=1, queries=2)
+  enc = mj.transformer(VOCAB, width=W, depth=1, heads=1, max_len=6, mlp_dim=8)
+  return data, fam, enc
+
+
 KINDS = {
     "static": lambda: prompts.static(2, W),
     "static_shared": lambda: prompts.static(2, W, shared=True),
@@ -197,9 +205,7 @@ KINDS = {
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_prompt_kind_meta_learns_in_the_jitted_vmapped_step(kind, algorithm):
-  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=6, vocab_size=VOCAB)
-  fam = mj.tasks.classification.episodes(data, ways=2, shots=1, queries=2)
-  enc = mj.transformer(VOCAB, width=W, depth=1, heads=1, max_len=6, mlp_dim=8)
+  data, fam, enc = tiny_task_family()
   model = mj.compose(enc, mj.linear_head(2), KINDS[kind]())
   params = model.init(jax.random.key(0), jnp.asarray(data[0, :1]))
   fast = ("prompt",) if "prompt" in params else ("prompt_shared",)
@@ -236,9 +242,7 @@ def test_a_prompt_transfers_from_another_runs_checkpoint(tmp_path):
 
 
 def test_generated_prompt_from_the_support_summary_inside_the_meta_step():
-  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=6, vocab_size=VOCAB)
-  fam = mj.tasks.classification.episodes(data, ways=2, shots=1, queries=2)
-  enc = mj.transformer(VOCAB, width=W, depth=1, heads=1, max_len=6, mlp_dim=8)
+  data, fam, enc = tiny_task_family()
   kind = prompts.generated(2, W, repr_dim=W, hidden=8)
   model = mj.compose(enc, mj.linear_head(2), kind)
   params = model.init(jax.random.key(0), jnp.asarray(data[0, :1]))
@@ -265,9 +269,7 @@ def test_generated_prompt_from_the_support_summary_inside_the_meta_step():
 
 
 def test_meta_sgd_learns_per_parameter_rates_for_a_nested_prompt():
-  data = mj.tasks.tokens.keyword_classes(0, num_classes=6, per_class=4, length=6, vocab_size=VOCAB)
-  fam = mj.tasks.classification.episodes(data, ways=2, shots=1, queries=2)
-  enc = mj.transformer(VOCAB, width=W, depth=1, heads=1, max_len=6, mlp_dim=8)
+  data, fam, enc = tiny_task_family()
   model = mj.compose(enc, mj.linear_head(2), KINDS["composed_mpt_prefix"]())
   params = model.init(jax.random.key(0), jnp.asarray(data[0, :1]))
   algo = mj.get_algorithm("metasgd", fast=("prompt",))
