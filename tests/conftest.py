@@ -1,6 +1,8 @@
-"""Strict numerics for every test, and several CPU devices so sharding code runs without a GPU."""
+"""Strict numerics for every test, several CPU devices so sharding code runs without a GPU,
+and settings that keep the compile-bound suite short."""
 
 import os
+import tempfile
 
 # Must be set before jax is imported anywhere.
 # Tests are compile-bound (second-order steps through a Transformer): XLA's backend
@@ -9,6 +11,12 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
                       "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests (and the subprocess runs of the experiment scripts) compile identical programs;
+# a compilation cache private to this test session compiles each once.
+_CACHE = tempfile.mkdtemp(prefix="mtpjax-test-jax-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 

@@ -99,14 +99,18 @@ def test_evaluate_records_the_query_loss_after_each_step_count():
   res = mj.evaluate(learner, params, family.sample, key=key, num_tasks=7, inner_steps=(0, 1, 4),
                     batch_size=3)
   assert res.per_task["loss"].shape == (7, 5)
-  # Recompute task 5 by hand: the evaluator's keys are split(key, chunks * batch_size).
-  ep = family.sample(jax.random.split(key, 9)[5])
+  # Recompute task 5 by hand: task i comes from split(key, num_tasks)[i].
+  ep = family.sample(jax.random.split(key, 7)[5])
   for steps in (0, 1, 4):
     adapted, _ = learner.adapt(params, ep.support, steps=steps)
     np.testing.assert_allclose(res.per_task["loss"][5, steps],
                                learner.loss_fn(adapted, ep.query), rtol=1e-5)
   mean, ci = res.summary()["loss"][4]
   assert (mean, ci) == mj.mean_ci95(res.per_task["loss"][:, 4])
+  # The tasks do not depend on how they are batched.
+  other = mj.evaluate(learner, params, family.sample, key=key, num_tasks=7, inner_steps=(0, 1, 4),
+                      batch_size=7)
+  np.testing.assert_allclose(other.per_task["loss"], res.per_task["loss"], rtol=1e-5)
 
 
 def test_evaluator_compiles_once_across_calls():

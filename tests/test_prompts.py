@@ -253,13 +253,18 @@ def test_generated_prompt_from_the_support_summary_inside_the_meta_step():
                             task_repr=summary)
   ep = jax.tree.map(lambda a: a[0], jax.vmap(fam.sample)(jax.random.split(jax.random.key(3), 1)))
   # The task loss is the loss with the prompt generated from this support set's summary.
-  got, _ = learner.task_loss(params, ep)
-  r = summary(params, ep.support)
-  adapted, _ = mj.adapt(lambda p, b: loss_fn(p, b, task_repr=r), params, ep.support,
-                        fast=("head",), steps=1, lr=0.1)
-  np.testing.assert_allclose(got, loss_fn(adapted, ep.query, task_repr=r), rtol=1e-6)
+  got, _ = jax.jit(learner.task_loss)(params, ep)
+
+  @jax.jit
+  def by_hand(params, ep):
+    r = summary(params, ep.support)
+    adapted, _ = mj.adapt(lambda p, b: loss_fn(p, b, task_repr=r), params, ep.support,
+                          fast=("head",), steps=1, lr=0.1)
+    return loss_fn(adapted, ep.query, task_repr=r)
+
+  np.testing.assert_allclose(got, by_hand(params, ep), rtol=1e-6)
   # Gradients reach the generator and, through the summary, the encoder's embeddings.
-  g = jax.grad(lambda p: learner.task_loss(p, ep)[0])(params)
+  g = jax.jit(jax.grad(lambda p: learner.task_loss(p, ep)[0]))(params)
   assert float(jnp.abs(g["prompt_shared"]["w1"]).sum()) > 0
   assert float(jnp.abs(g["shared"]["token_embed"]["embedding"]).sum()) > 0
   # Evaluation passes the same representation to its metrics.

@@ -65,7 +65,11 @@ def make_evaluator(learner: meta_lib.MetaLearner, sample: types.SampleFn, *,
   def evaluator(params, key, num_tasks):
     meta_lib._check_positive("num_tasks", num_tasks)
     n_chunks = -(-num_tasks // batch_size)
-    keys = jax.random.split(key, n_chunks * batch_size).reshape(n_chunks, batch_size)
+    # Task i is drawn from split(key, num_tasks)[i] whatever the batch size; the last chunk is
+    # padded with repeats of the last key, and the padding is dropped below.
+    keys = jax.random.split(key, num_tasks)
+    pad = n_chunks * batch_size - num_tasks
+    keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)]).reshape(n_chunks, batch_size)
     outs = [jax.device_get(chunk(params, keys[i])) for i in range(n_chunks)]
     return {name: np.concatenate([o[name] for o in outs])[:num_tasks] for name in metrics}
 
