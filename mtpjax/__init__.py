@@ -14,7 +14,8 @@ from mtpjax._src.evaluate import EvalResult, evaluate, make_evaluator, mean_ci95
 from mtpjax._src.losses import accuracy, cross_entropy, mse, supervised, weighted_cross_entropy
 from mtpjax._src.meta import (ALGORITHMS, Algorithm, MetaLearner, MetaState, get_algorithm,
                               meta_learner)
-from mtpjax._src.nets import Model, Net, compose, context_prompt, identity, linear_head, mlp
+from mtpjax._src.nets import (Model, Net, compose, context_prompt, conv4, identity, linear_head,
+                              mlp)
 from mtpjax._src.transformer import token_embeddings, transformer
 from mtpjax._src.types import (HEAD, INNER_LR, PROMPT, PROMPT_SHARED, ROLES, SHARED, Array,
                                Batch, Episode, LossFn, Params, PRNGKey, SampleFn)

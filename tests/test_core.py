@@ -189,3 +189,36 @@ def test_sinusoid_family():
     mj.tasks.sinusoid.family(0, 5)
   with pytest.raises(ValueError, match="amp_range"):
     mj.tasks.sinusoid.family(5, 5, amp_range=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("norm", ["group", "layer", "none"])
+def test_conv4_features_of_an_example_do_not_depend_on_the_rest_of_the_batch(norm):
+  net = mj.conv4(filters=32, norm=norm)
+  x = jax.random.uniform(jax.random.key(0), (5, 28, 28))
+  p = net.init(jax.random.key(1), x)
+  apply = jax.jit(net.apply)
+  out = apply(p, x)
+  assert out.shape == (5, 32) and net.out_dim == 32
+  np.testing.assert_allclose(apply(p, x[2:3]), out[2:3], rtol=1e-5, atol=1e-5)
+
+
+def test_conv4_transductive_batch_norm_is_explicitly_transductive():
+  net = mj.conv4(filters=32, norm="batch_transductive")
+  x = jax.random.uniform(jax.random.key(0), (5, 28, 28))
+  p = net.init(jax.random.key(1), x)
+  out = jax.jit(net.apply)(p, x)
+  assert not np.allclose(jax.jit(net.apply)(p, x[:2])[:1], out[:1], atol=1e-4)
+
+
+def test_conv4_film_context():
+  net = mj.conv4(filters=32, context_dim=4, context_layer=1)
+  x = jax.random.uniform(jax.random.key(0), (3, 28, 28))
+  p = net.init(jax.random.key(1), x)
+  plain = mj.conv4(filters=32)
+  p_plain = {k: v for k, v in p.items() if k != "film"}
+  p_zero = {**p, "film": {**p["film"], "bias": jnp.zeros_like(p["film"]["bias"])}}
+  np.testing.assert_allclose(net.apply(p_zero, x, jnp.zeros(4)), plain.apply(p_plain, x),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(net.apply(p_zero, x, jnp.ones(4)), plain.apply(p_plain, x))
+  with pytest.raises(ValueError, match="norm must be one of"):
+    mj.conv4(norm="batch")

@@ -118,6 +118,81 @@ def mlp(features: Sequence[int], *, context_dim: int = 0, context_mode: str = "c
   return Net(init, apply, int(features[-1]))
 
 
+NORMS = ("group", "layer", "none", "batch_transductive")
+
+
+class _Conv4(nn.Module):
+  """4 x [3x3 conv, normalisation, ReLU, 2x2 max-pool] (Vinyals et al.; MAML's Omniglot net)."""
+
+  filters: int
+  norm: str
+  groups: int
+  context_mode: str
+  context_layer: int
+
+  @nn.compact
+  def __call__(self, x, context=None):  # x: [n, H, W] or [n, H, W, C]
+    if x.ndim == 3:
+      x = x[..., None]
+    for i in range(4):
+      x = nn.Conv(self.filters, (3, 3), padding="SAME", name=f"conv_{i}")(x)
+      if self.norm == "group":      # statistics per example: nothing leaks across examples
+        x = nn.GroupNorm(num_groups=self.groups, name=f"norm_{i}")(x)
+      elif self.norm == "layer":
+        x = nn.LayerNorm(reduction_axes=(-3, -2, -1), name=f"norm_{i}")(x)
+      elif self.norm == "batch_transductive":
+        # MAML's mode: statistics of the batch in hand (support or query set of one task),
+        # never running averages; examples of a set influence each other's features.
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.var(x, axis=(0, 1, 2))
+        x = (x - jnp.broadcast_to(mean, x.shape)) * jax.lax.rsqrt(
+            jnp.broadcast_to(var, x.shape) + 1e-5)
+        scale = self.param(f"norm_{i}_scale", nn.initializers.ones, (self.filters,))
+        bias = self.param(f"norm_{i}_bias", nn.initializers.zeros, (self.filters,))
+        x = x * jnp.broadcast_to(scale, x.shape) + jnp.broadcast_to(bias, x.shape)
+      if context is not None and self.context_mode == "film" and i == self.context_layer:
+        gb = nn.Dense(2 * self.filters, name="film")(context)
+        gamma, beta = (jnp.broadcast_to(a, x.shape) for a in jnp.split(gb, 2, axis=-1))
+        x = x * (1.0 + gamma) + beta
+      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="VALID")
+    return x.reshape(x.shape[0], -1)
+
+
+def conv4(*, filters: int = 64, norm: str = "group", groups: int = 32, context_dim: int = 0,
+          context_layer: int = 3, image_size: int = 28) -> Net:
+  """The Conv4 backbone: 28x28 inputs give `filters` features (1x1 spatial after 4 pools).
+
+  Args:
+    norm: "group" (default: per-example statistics, so no leakage across tasks or examples),
+      "layer", "none", or "batch_transductive" (MAML's choice: statistics of the batch in
+      hand; state it when you report results).
+    context_dim: a context vector (prompt) applied as FiLM after conv layer `context_layer`
+      (CAVIA's classification set-up); 0 for none.
+  """
+  if norm not in NORMS:
+    raise ValueError(f"conv4: norm must be one of {NORMS}, got {norm!r}")
+  if filters <= 0 or (norm == "group" and filters % groups):
+    raise ValueError(f"conv4: filters ({filters}) must be positive and divisible by groups "
+                     f"({groups}) for group norm")
+  if not 0 <= context_layer < 4:
+    raise ValueError(f"conv4: context_layer must be in [0, 4), got {context_layer}")
+  mode = "film" if context_dim > 0 else "none"
+  module = _Conv4(filters, norm, groups, mode, context_layer)
+  side = image_size
+  for _ in range(4):
+    side //= 2
+  out_dim = filters * side * side
+
+  def init(key, x):
+    context = jnp.zeros((context_dim,), jnp.float32) if mode == "film" else None
+    return module.init(key, x, context)["params"]
+
+  def apply(params, x, context=None):
+    return module.apply({"params": params}, x, context if mode == "film" else None)
+
+  return Net(init, apply, out_dim)
+
+
 def identity(in_dim: int) -> Net:
   """A backbone with no parameters: heads on raw features (and a baseline for tests)."""
   return Net(lambda key, x: {}, lambda params, x, context=None: x, in_dim)
