@@ -10,7 +10,6 @@ Every run writes into its workdir:
 """
 
 import json
-import logging
 import math
 import os
 import sys
@@ -25,9 +24,7 @@ import optax
 import tqdm
 
 import mtpjax as mj
-from mtpjax._src.checkpoint import Checkpointer, CheckpointError
-
-log = logging.getLogger("mtpjax.experiments")
+from mtpjax._src.checkpoint import Checkpointer
 
 # Fields that may change between a checkpoint and its resumption without altering the run.
 COSMETIC_FIELDS = ("progress",)

@@ -173,7 +173,6 @@ def test_prompt_tuning_with_a_frozen_backbone_updates_only_the_prompt_and_head()
     state, _ = learner.step(state)
   chex.assert_trees_all_equal(state.params["shared"], params["shared"])
   assert not np.allclose(state.params["prompt"], params["prompt"])
-  shared_leaves = {id(x) for x in jax.tree.leaves(params["shared"])}
   n_shared = sum(x.size for x in jax.tree.leaves(params["shared"]))
   n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
   n_outer = sum(x.size for r in ("prompt", "head") for x in jax.tree.leaves(params[r]))

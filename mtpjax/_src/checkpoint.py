@@ -5,7 +5,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp

@@ -1,7 +1,6 @@
 """Splitting a fixed set of examples into episodes."""
 
 import jax
-import jax.numpy as jnp
 
 from mtpjax._src import types
 

@@ -1,8 +1,7 @@
 """Losses and metrics over one batch, and the bridge from (apply, loss) to a LossFn."""
 
-from typing import Callable, Optional
+from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import optax
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtpjax._src import prompts
 from mtpjax._src import types
 
 CONTEXT_MODES = ("none", "concat", "add", "film")
@@ -214,11 +215,7 @@ def linear_head(out_dim: int, *, kernel_init: str = "lecun") -> Net:
   return Net(init, apply, out_dim)
 
 
-def context_prompt(dim: int, *, init_scale: float = 0.0):
-  """A context vector (CAVIA) as a prompt; see mtpjax.prompts.context."""
-  from mtpjax._src import prompts
-  return prompts.context(dim, init_scale=init_scale)
-
+context_prompt = prompts.context  # a context vector (CAVIA) as a prompt
 
 class Model(NamedTuple):
   """A model over a role-keyed params dict: {"shared", "head", optionally "prompt"}."""

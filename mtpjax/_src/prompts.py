@@ -28,6 +28,7 @@ COMPOSE_MODES = ("add", "concat", "mpt")
 class Prompt(NamedTuple):
   init: Callable[[types.PRNGKey], tuple]
   apply: Callable[..., types.ArrayTree]
+  weights: Optional[Callable[..., types.Array]] = None  # ensembles: the mixing distribution
 
 
 def _shape(length, width, prefix_depth):
@@ -199,19 +200,14 @@ def ensembled(num_prompts: int, length: int, width: int, *, key_dim: int = 32,
   def apply(shared, task, **kw):
     return _wrap(mix(shared["bank"], weights(shared, task, **kw)), prefix_depth)
 
-  prompt = Prompt(init, apply)
-  _WEIGHTS[id(prompt.apply)] = weights
-  return prompt
-
-
-_WEIGHTS = {}
+  return Prompt(init, apply, weights)
 
 
 def ensemble_weights(prompt: Prompt, shared, task, **kw) -> types.Array:
   """The mixing distribution over the bank of an ensembled prompt: [K] or [n, K]."""
-  if id(prompt.apply) not in _WEIGHTS:
+  if prompt.weights is None:
     raise ValueError("ensemble_weights: this prompt was not made by ensembled()")
-  return _WEIGHTS[id(prompt.apply)](shared, task, **kw)
+  return prompt.weights(shared, task, **kw)
 
 
 # --- Initialisations -----------------------------------------------------------------------
