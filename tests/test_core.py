@@ -221,3 +221,69 @@ def test_conv4_film_context():
   assert not np.allclose(net.apply(p_zero, x, jnp.ones(4)), plain.apply(p_plain, x))
   with pytest.raises(ValueError, match="norm must be one of"):
     mj.conv4(norm="batch")
+
+
+@pytest.mark.parametrize("impl", ["im2col", "taps"])
+def test_conv3x3_implementations_agree_with_xla_in_value_gradient_and_under_vmap(impl):
+  from mtpjax._src import nets
+  x = jax.random.normal(jax.random.key(0), (3, 2, 7, 6, 4))     # [tasks, n, H, W, C]
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4, 5))      # per-task kernels
+  ref = lambda x, k: nets.conv3x3(x, k, "xla")
+  new = lambda x, k: nets.conv3x3(x, k, impl)
+  np.testing.assert_allclose(jax.vmap(new)(x, k), jax.vmap(ref)(x, k), rtol=1e-4, atol=1e-4)
+  loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(jax.vmap(f)(x, k))))
+  for a, b in zip(jax.grad(loss(new), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="impl must be one of"):
+    nets.conv3x3(x[0], k[0], "fft")
+
+
+def test_max_pool_matches_flax_and_its_gradient_picks_one_element_per_window_even_on_ties():
+  import flax.linen as nn
+  from mtpjax._src import nets
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  np.testing.assert_array_equal(nets.max_pool_2x2(x),
+                                nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
+  # Windows where every element ties (a GroupNorm'd blank image region): a reshape + max
+  # splits the gradient by testing x == max(x), which under jit gave NaN meta-gradients.
+  tied = jnp.zeros((1, 4, 4, 2)).at[:, :2, :2, 0].set(1.0)
+  for fn in (jax.grad(lambda x: jnp.sum(nets.max_pool_2x2(x))),
+             jax.jit(jax.grad(lambda x: jnp.sum(nets.max_pool_2x2(x))))):
+    g = fn(tied)
+    assert bool(jnp.all(jnp.isfinite(g)))
+    windows = g.reshape(1, 2, 2, 2, 2, 2).sum(axis=(2, 4))
+    np.testing.assert_array_equal(windows, jnp.ones_like(windows))  # exactly one winner each
+    assert set(np.unique(np.asarray(g)).tolist()) <= {0.0, 1.0}
+
+
+def test_group_norm_matches_flax_group_norm():
+  import flax.linen as nn
+  from mtpjax._src import nets
+  x = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, 6, 8)) + 1.0
+  scale = jax.random.normal(jax.random.key(1), (8,))
+  bias = jax.random.normal(jax.random.key(2), (8,))
+  ref = nn.GroupNorm(num_groups=4, epsilon=1e-5)
+  want = ref.apply({"params": {"scale": scale, "bias": bias}}, x)
+  np.testing.assert_allclose(nets.group_norm(x, scale, bias, 4), want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation_and_under_jit():
+  data = jax.random.uniform(jax.random.key(0), (8, 4, 16, 16))
+  family = mj.tasks.classification.episodes(data, ways=3, shots=1, queries=1)
+  tasks = jax.vmap(family.sample)(jax.random.split(jax.random.key(1), 2))
+  grads = {}
+  for impl in ("xla", "im2col"):
+    model = mj.compose(mj.conv4(filters=8, groups=4, conv_impl=impl, image_size=16),
+                       mj.linear_head(3))
+    params = model.init(jax.random.key(2), jnp.zeros((3, 16, 16)))
+    learner = mj.meta_learner(mj.supervised(model.apply, mj.cross_entropy), optax.sgd(0.1),
+                              inner_lr=0.4, meta_batch_size=2)
+    meta_loss = lambda p: jnp.mean(jax.vmap(lambda e: learner.task_loss(p, e)[0])(tasks))
+    eager, jitted = jax.grad(meta_loss)(params), jax.jit(jax.grad(meta_loss))(params)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+      np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+    grads[impl] = eager
+  for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["im2col"])):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+  with pytest.raises(ValueError, match="conv_impl must be one of"):
+    mj.conv4(conv_impl="winograd")

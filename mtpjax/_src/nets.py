@@ -120,25 +120,133 @@ def mlp(features: Sequence[int], *, context_dim: int = 0, context_mode: str = "c
 
 
 NORMS = ("group", "layer", "none", "batch_transductive")
+CONV_IMPLS = ("auto", "xla", "im2col", "taps")
+
+
+def conv3x3(x: types.Array, kernel: types.Array, impl: str = "auto") -> types.Array:
+  """3x3 'SAME' convolution, stride 1: x [n, H, W, C], kernel [3, 3, C, O] -> [n, H, W, O].
+
+  impl:
+    "xla"     lax.conv_general_dilated.
+    "im2col"  the 9 shifted views of x concatenated on the channel axis [n, H, W, 9C], times
+              the kernel as a [9C, O] matrix: only pads, slices and one matmul.
+    "taps"    the sum over the 9 taps of a shifted view times a [C, O] matrix (no [9C]
+              buffer, nine small matmuls).
+    "auto"    "im2col" on the CPU, "xla" elsewhere.
+  Why: under jax.vmap with per-task kernels (MAML's adapted weights) "xla" becomes a grouped
+  convolution (feature_group_count = tasks) and its gradients convolutions with
+  batch_group_count, which XLA's CPU backend runs ~16x slower than "im2col" on Omniglot MAML;
+  "im2col" and "taps" stay batched matmuls. benchmarks/omniglot_speed_notes.md has the figures.
+  On GPUs the "auto" choice of "xla" is not yet measured.
+  """
+  if impl == "auto":
+    impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+  if impl == "xla":
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if impl not in ("im2col", "taps"):
+    raise ValueError(f"conv3x3: impl must be one of {CONV_IMPLS}, got {impl!r}")
+  h, w = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  views = [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+  if impl == "im2col":  # channel index of the patch: (3 * i + j) * C + c, as kernel.reshape
+    patches = jnp.concatenate(views, axis=-1)
+    return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(-1, kernel.shape[-1]))
+  taps = kernel.reshape((9,) + kernel.shape[2:])
+  out = jnp.einsum("nhwc,co->nhwo", views[0], taps[0])
+  for view, tap in zip(views[1:], taps[1:]):
+    out = out + jnp.einsum("nhwc,co->nhwo", view, tap)
+  return out
+
+
+def max_pool_2x2(x: types.Array) -> types.Array:
+  """2x2 max-pool, stride 2, 'VALID' (odd rows/columns dropped): same values as nn.max_pool.
+
+  Written as three selects between strided slices, so the gradient goes to exactly one element
+  of each window, chosen by a comparison. Two other forms are worse here: XLA's reduce_window
+  gradient (select-and-scatter) is slow on the CPU, and a reshape + jnp.max splits the gradient
+  among ties by testing `x == max(x)`, which XLA may evaluate on recomputed, differently rounded
+  values, so that no element matches and the gradient is 0/0 = NaN (seen under jit on
+  GroupNorm'd blank image regions, where every element of a window ties).
+  """
+  h, w = x.shape[1:3]
+  x = x[:, :h - h % 2, :w - w % 2, :]
+  top = jnp.where(x[:, 0::2, 0::2] >= x[:, 0::2, 1::2], x[:, 0::2, 0::2], x[:, 0::2, 1::2])
+  bottom = jnp.where(x[:, 1::2, 0::2] >= x[:, 1::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+  return jnp.where(top >= bottom, top, bottom)
+
+
+def group_norm(x: types.Array, scale: types.Array, bias: types.Array, groups: int,
+               eps: float = 1e-5) -> types.Array:
+  """GroupNorm over [n, H, W, C] (statistics per example and group of channels).
+
+  Same function as nn.GroupNorm (with this eps), computed through per-channel sums [n, C]
+  so that every full-size pass keeps the channels as the minor axis. nn.GroupNorm reshapes
+  to [..., groups, C // groups]; with 2 channels per group that minor axis of 2 made it
+  ~10x slower on the CPU, forward and backward (benchmarks/omniglot_speed_notes.md).
+  """
+  n, c = x.shape[0], x.shape[-1]
+
+  def group_mean(per_channel):  # [n, C] -> [n, C], each channel gets its group's mean
+    g = per_channel.reshape(n, groups, c // groups).mean(axis=-1)
+    return jnp.repeat(g, c // groups, axis=-1)
+
+  mean = group_mean(jnp.mean(x, axis=(1, 2)))[:, None, None, :]
+  centred = x - mean
+  var = group_mean(jnp.mean(centred * centred, axis=(1, 2)))
+  mult = (jax.lax.rsqrt(var + eps) * scale[None, :])[:, None, None, :]
+  return centred * mult + bias[None, None, None, :]
+
+
+class _GroupNorm(nn.Module):
+  """group_norm with nn.GroupNorm's parameters (scale, bias), so checkpoints carry over."""
+
+  groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    return group_norm(x, scale, bias, self.groups)
+
+
+class _Conv3x3(nn.Module):
+  """nn.Conv(features, (3, 3), padding="SAME") with a choice of implementation (same params)."""
+
+  features: int
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    y = conv3x3(x, kernel, self.impl)
+    return y + jnp.broadcast_to(bias, y.shape)
 
 
 class _Conv4(nn.Module):
-  """4 x [3x3 conv, normalisation, ReLU, 2x2 max-pool] (Vinyals et al.; MAML's Omniglot net)."""
+  """4 x [3x3 conv, normalisation, ReLU, 2x2 max-pool] (Vinyals et al.; MAML's Omniglot net).
+
+  ReLU and max-pool commute, so the pool runs first (4x fewer ReLUs); the result is the same.
+  """
 
   filters: int
   norm: str
   groups: int
   context_mode: str
   context_layer: int
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, context=None):  # x: [n, H, W] or [n, H, W, C]
     if x.ndim == 3:
       x = x[..., None]
     for i in range(4):
-      x = nn.Conv(self.filters, (3, 3), padding="SAME", name=f"conv_{i}")(x)
+      x = _Conv3x3(self.filters, self.conv_impl, name=f"conv_{i}")(x)
       if self.norm == "group":      # statistics per example: nothing leaks across examples
-        x = nn.GroupNorm(num_groups=self.groups, name=f"norm_{i}")(x)
+        x = _GroupNorm(self.groups, name=f"norm_{i}")(x)
       elif self.norm == "layer":
         x = nn.LayerNorm(reduction_axes=(-3, -2, -1), name=f"norm_{i}")(x)
       elif self.norm == "batch_transductive":
@@ -155,12 +263,12 @@ class _Conv4(nn.Module):
         gb = nn.Dense(2 * self.filters, name="film")(context)
         gamma, beta = (jnp.broadcast_to(a, x.shape) for a in jnp.split(gb, 2, axis=-1))
         x = x * (1.0 + gamma) + beta
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="VALID")
+      x = nn.relu(max_pool_2x2(x))
     return x.reshape(x.shape[0], -1)
 
 
 def conv4(*, filters: int = 64, norm: str = "group", groups: int = 32, context_dim: int = 0,
-          context_layer: int = 3, image_size: int = 28) -> Net:
+          context_layer: int = 3, image_size: int = 28, conv_impl: str = "auto") -> Net:
   """The Conv4 backbone: 28x28 inputs give `filters` features (1x1 spatial after 4 pools).
 
   Args:
@@ -169,16 +277,19 @@ def conv4(*, filters: int = 64, norm: str = "group", groups: int = 32, context_d
       hand; state it when you report results).
     context_dim: a context vector (prompt) applied as FiLM after conv layer `context_layer`
       (CAVIA's classification set-up); 0 for none.
+    conv_impl: how the 3x3 convolutions are computed (see conv3x3); "auto" picks per backend.
   """
   if norm not in NORMS:
     raise ValueError(f"conv4: norm must be one of {NORMS}, got {norm!r}")
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv4: conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
   if filters <= 0 or (norm == "group" and filters % groups):
     raise ValueError(f"conv4: filters ({filters}) must be positive and divisible by groups "
                      f"({groups}) for group norm")
   if not 0 <= context_layer < 4:
     raise ValueError(f"conv4: context_layer must be in [0, 4), got {context_layer}")
   mode = "film" if context_dim > 0 else "none"
-  module = _Conv4(filters, norm, groups, mode, context_layer)
+  module = _Conv4(filters, norm, groups, mode, context_layer, conv_impl)
   side = image_size
   for _ in range(4):
     side //= 2

@@ -1,0 +1,122 @@
+"""Speed: mtpjax's second-order MAML Omniglot meta-step against learn2learn, in one run.
+
+The configuration of ../shared/BENCHMARKS.md section 4: 5-way 1-shot, Conv4 (64 filters,
+GroupNorm with 32 groups), 32 tasks per meta-step, 1 inner SGD step at lr 0.4, second order,
+Adam 1e-3, Q query images per class (1 by default: MAML's training protocol).
+
+learn2learn runs in its own PyTorch environment (not a dependency of mtpjax), as a subprocess
+(benchmarks/l2l_omniglot_step.py); the two alternate for --rounds rounds so that load drifts
+hit both. Reported: compile time (first call), the median seconds per meta-step of each, and
+their ratio.
+
+  python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
+      [--queries 1] [--rounds 3] [--steps 5] [--conv_impl auto] [--out DIR]
+
+Without --peer_python only mtpjax is timed.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import mtpjax as mj
+
+WAYS, SHOTS, INNER_LR, OUTER_LR = 5, 1, 0.4, 1e-3
+
+
+def mtpjax_learner(data, *, tasks, queries, conv_impl):
+  family = mj.tasks.classification.episodes(jnp.asarray(data, jnp.float32) / 255.0, ways=WAYS,
+                                            shots=SHOTS, queries=queries)
+  model = mj.compose(mj.conv4(conv_impl=conv_impl), mj.linear_head(WAYS))
+  params = model.init(jax.random.key(0), jnp.zeros((WAYS, 28, 28)))
+  loss_fn = mj.supervised(model.apply, mj.cross_entropy)
+  learner = mj.meta_learner(loss_fn, optax.adam(OUTER_LR), algorithm="maml", inner_steps=1,
+                            inner_lr=INNER_LR, meta_batch_size=tasks, sample=family.sample)
+  return learner, learner.init(params, key=jax.random.key(1))
+
+
+def time_steps(learner, state, steps):
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = learner.step(state)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return state, times
+
+
+def time_peer(peer_python, data_file, args):
+  cmd = [peer_python, "-m", "benchmarks.l2l_omniglot_step", "--data", data_file,
+         "--steps", str(args.steps), "--tasks", str(args.tasks), "--queries", str(args.queries)]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f"peer failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
+  return [json.loads(l)["seconds"] for l in out.stdout.splitlines() if l.startswith("{")]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--peer_python", default=None)
+  parser.add_argument("--tasks", type=int, default=32)
+  parser.add_argument("--queries", type=int, default=1)
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--conv_impl", default="auto")
+  parser.add_argument("--data", default=None, help="omniglot28.npz (default: the shared data)")
+  parser.add_argument("--out", default="runs/speed")
+  args = parser.parse_args()
+
+  data = mj.tasks.omniglot.load_npz(args.data)["images"][:1200]  # meta-training characters
+  learner, state = mtpjax_learner(data, tasks=args.tasks, queries=args.queries,
+                                  conv_impl=args.conv_impl)
+  start = time.perf_counter()
+  state, metrics = learner.step(state)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  print(f"mtpjax: compile + first step {compile_s:.1f} s (backend {jax.default_backend()}, "
+        f"conv_impl {args.conv_impl})", flush=True)
+
+  ours, peer = [], []
+  with tempfile.TemporaryDirectory() as tmp:
+    data_file = os.path.join(tmp, "omniglot_train.npy")
+    np.save(data_file, data)
+    for r in range(args.rounds):
+      state, t = time_steps(learner, state, args.steps)
+      ours += t
+      line = f"round {r + 1}/{args.rounds}: mtpjax {statistics.median(t):.3f} s/step"
+      if args.peer_python:
+        t = time_peer(args.peer_python, data_file, args)
+        peer += t
+        line += f", learn2learn {statistics.median(t):.3f} s/step"
+      print(line, flush=True)
+
+  result = {"config": vars(args), "compile_s": compile_s, "mtpjax_s": ours,
+            "mtpjax_median_s": statistics.median(ours), "device": str(jax.devices()[0]),
+            "jax": jax.__version__}
+  summary = f"mtpjax {result['mtpjax_median_s']:.3f} s/step"
+  if peer:
+    result.update(learn2learn_s=peer, learn2learn_median_s=statistics.median(peer),
+                  speedup=statistics.median(peer) / statistics.median(ours))
+    summary += (f", learn2learn {result['learn2learn_median_s']:.3f} s/step: mtpjax is "
+                f"{result['speedup']:.2f}x learn2learn's speed")
+  print(summary)
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, f"omniglot_speed_q{args.queries}_{args.conv_impl}.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
