@@ -48,8 +48,11 @@ class NonFiniteError(FloatingPointError):
   pass
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Clear errors for the fields every experiment shares, before anything compiles."""
+def check_config(config: ml_collections.ConfigDict, algorithms=None) -> None:
+  """Clear errors for the fields every experiment shares, before anything compiles.
+
+  `algorithms`: the names this experiment accepts (default: mtpjax.ALGORITHMS).
+  """
 
   def positive(name, allow_zero=False):
     value = config[name]
@@ -58,12 +61,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ValueError(f"config.{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
-  if config.algorithm not in mj.ALGORITHMS:
-    raise ValueError(f"config.algorithm must be one of {sorted(mj.ALGORITHMS)}, "
-                     f"got {config.algorithm!r}")
-  for name in ("num_steps", "meta_batch_size", "inner_steps", "inner_lr", "outer_lr",
+  algorithms = sorted(mj.ALGORITHMS if algorithms is None else algorithms)
+  if config.algorithm not in algorithms:
+    raise ValueError(f"config.algorithm must be one of {algorithms}, got {config.algorithm!r}")
+  for name in ("num_steps", "meta_batch_size", "inner_lr", "outer_lr",
                "log_every", "checkpoint_every", "keep_checkpoints", "eval_tasks"):
     positive(name)
+  positive("inner_steps", allow_zero=True)
   eval_steps = list(config.eval_inner_steps)
   if not eval_steps or any((not isinstance(s, int)) or s < 0 for s in eval_steps):
     raise ValueError(f"config.eval_inner_steps must be a non-empty list of integers >= 0, "
@@ -265,7 +269,8 @@ def eval_rows(result: mj.EvalResult, *, metric_names: dict, setting: str) -> lis
   return rows
 
 
-def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable) -> None:
+def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable,
+         algorithms=None) -> None:
   """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...]."""
   from absl import app, flags
   from ml_collections import config_flags
@@ -282,7 +287,7 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     config = resolve(flags.FLAGS.config)
-    check_config(config)
+    check_config(config, algorithms)
     experiment = build(config, make_optimizer(config))
     results = train_and_evaluate(config, flags.FLAGS.workdir, experiment,
                                  allow_config_change=flags.FLAGS.allow_config_change)

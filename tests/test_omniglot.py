@@ -123,3 +123,121 @@ def test_real_omniglot_splits_and_episodes():
   fam = mj.tasks.classification.episodes(split["test"], ways=20, shots=5, queries=15)
   ep = jax.jit(fam.sample)(jax.random.key(0))
   assert ep.support.x.shape == (100, 28, 28) and ep.query.x.shape == (300, 28, 28)
+
+
+# ProtoNet and the Omniglot experiment -----------------------------------------------------
+
+def test_protonet_prototypes_and_loss_match_a_hand_computation():
+  import jax.numpy as jnp
+  embed = lambda params, x: x @ params["shared"]["w"]
+  pn = mj.protonet(embed, ways=3)
+  params = {"shared": {"w": jax.random.normal(jax.random.key(0), (4, 2))}}
+  sx = jax.random.normal(jax.random.key(1), (6, 4))
+  sy = jnp.array([2, 0, 1, 0, 2, 1])
+  protos = pn.task_repr(params, mj.Batch(sx, sy))
+  z = np.asarray(embed(params, sx))
+  want = np.stack([z[np.asarray(sy) == c].mean(0) for c in range(3)])
+  np.testing.assert_allclose(protos, want, rtol=1e-5, atol=1e-6)
+  qx = jax.random.normal(jax.random.key(2), (5, 4))
+  qy = jnp.array([0, 1, 2, 1, 0])
+  zq = np.asarray(embed(params, qx))
+  d = ((zq[:, None, :] - want[None]) ** 2).sum(-1)
+  logp = -d - np.log(np.exp(-d).sum(-1, keepdims=True))
+  np.testing.assert_allclose(pn.loss_fn(params, mj.Batch(qx, qy), task_repr=protos),
+                             -logp[np.arange(5), np.asarray(qy)].mean(), rtol=1e-4)
+  with pytest.raises(ValueError, match="needs the prototypes"):
+    pn.loss_fn(params, mj.Batch(qx, qy))
+
+
+def test_protonet_as_a_zero_step_meta_learner_differentiates_through_the_prototypes():
+  import jax.numpy as jnp
+  import optax
+  embed = lambda params, x: jnp.tanh(x @ params["shared"]["w"])
+  pn = mj.protonet(embed, ways=3)
+  params = {"shared": {"w": jax.random.normal(jax.random.key(0), (4, 3))}}
+  data = jax.random.normal(jax.random.key(1), (6, 5, 4))
+  fam = mj.tasks.classification.episodes(data, ways=3, shots=2, queries=2)
+  learner = mj.meta_learner(pn.loss_fn, optax.sgd(0.1), inner_steps=0, meta_batch_size=1,
+                            task_repr=pn.task_repr, sample=fam.sample)
+  ep = fam.sample(jax.random.key(3))
+  direct = lambda p: pn.loss_fn(p, ep.query, task_repr=pn.task_repr(p, ep.support))
+  got = jax.grad(lambda p: learner.task_loss(p, ep)[0])(params)
+  np.testing.assert_allclose(got["shared"]["w"], jax.grad(direct)(params)["shared"]["w"],
+                             rtol=1e-5)
+  # ...and the gradient really flows through the prototypes (not only the query embedding).
+  frozen = lambda p: pn.loss_fn(p, ep.query,
+                                task_repr=jax.lax.stop_gradient(pn.task_repr(p, ep.support)))
+  assert not np.allclose(jax.grad(frozen)(params)["shared"]["w"], got["shared"]["w"])
+
+
+def _experiment_config(tmp_path, **overrides):
+  from experiments.configs import omniglot as config_lib
+  tiny_npz(tmp_path / "o.npz", n_bg=8, n_ev=4)
+  c = config_lib.get_config()
+  c.update(dict(data_path=str(tmp_path / "o.npz"), num_train_characters=8, num_steps=2,
+                meta_batch_size=2, eval_tasks=4, log_every=1, checkpoint_every=2, filters=8,
+                norm_groups=4, progress=False, **overrides))
+  return config_lib.resolve(c)
+
+
+def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
+  import json
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  tiny_npz(tmp_path / "o.npz", n_bg=8, n_ev=4)
+  args = dict(data_path=tmp_path / "o.npz", num_train_characters=8, num_steps=2,
+              meta_batch_size=2, eval_tasks=4, log_every=1, filters=8, norm_groups=4,
+              progress=False, algorithm="cavia", context_dim=4)
+  cmd = [sys.executable, "-m", "experiments.omniglot", f"--workdir={tmp_path / 'run'}"] + [
+      f"--config.{k}={v}" for k, v in args.items()]
+  out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  run = tmp_path / "run"
+  for name in ("config.json", "metrics.jsonl", "results.json", "training_curve.png",
+               "accuracy_vs_inner_steps.png", "episode_predictions.png"):
+    assert (run / name).exists(), name
+  results = json.loads((run / "results.json").read_text())
+  assert results["num_steps"] == 2 and results["config"]["inner_lr"] == 1.0  # cavia's default
+  settings = {r["setting"] for r in results["rows"]}
+  assert settings == {"5-way 1-shot", "5-way 5-shot"}
+  acc = [r for r in results["rows"] if r["metric"] == "accuracy"]
+  assert {r["inner_steps"] for r in acc} == {0, 1, 3} and all(0 <= r["mean"] <= 1 for r in acc)
+  assert all(r["episodes"] == 4 for r in results["rows"])
+
+
+def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_path):
+  from experiments import common
+  from experiments import omniglot as experiment
+  config = _experiment_config(tmp_path, algorithm="protonet", eval_settings=("5,1", "10,2"))
+  common.check_config(config, ("protonet",))
+  exp = experiment.build(config, common.make_optimizer(config))._replace(plot=None)
+  results = common.train_and_evaluate(config, str(tmp_path / "run"), exp)
+  acc = {r["setting"]: r for r in results["rows"] if r["metric"] == "accuracy"}
+  assert set(acc) == {"5-way 1-shot", "10-way 2-shot"}
+  assert all(r["inner_steps"] == 0 and r["episodes"] == 4 for r in acc.values())
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("eval_settings", ("5-1",), "'ways,shots'"),
+    ("eval_settings", ("10,1",), "can only be tested on 5-way"),
+    ("eval_settings", ("99,1",), "ways <= 16"),
+    ("context_dim", 0, "context_dim must be > 0"),
+])
+def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):
+  from experiments import common
+  from experiments import omniglot as experiment
+  overrides = {field: value}
+  if field == "context_dim":
+    overrides["algorithm"] = "cavia"
+  config = _experiment_config(tmp_path, **overrides)
+  with pytest.raises(ValueError, match=match):
+    experiment.build(config, common.make_optimizer(config))
+
+
+def test_omniglot_config_rejects_an_unknown_algorithm():
+  from experiments.configs import omniglot as config_lib
+  c = config_lib.get_config()
+  c.algorithm = "matching_nets"
+  with pytest.raises(ValueError, match="config.algorithm must be one of"):
+    config_lib.resolve(c)

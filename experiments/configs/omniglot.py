@@ -1,0 +1,84 @@
+"""Omniglot few-shot classification, the protocol of Finn et al. 2017 (cbfinn/maml).
+
+  python -m experiments.omniglot --workdir runs/omniglot_maml
+  python -m experiments.omniglot --workdir runs/omniglot_proto --config.algorithm=protonet
+  python -m experiments.omniglot --workdir DIR --config=experiments/configs/omniglot.py:20way
+
+Protocol defaults (filled into any field left at None):
+  MAML split: 1200 meta-training characters and 423 test characters (shuffled by
+  config.split_seed), each rotated by 0/90/180/270 degrees into 4 classes; 28x28 images.
+  Conv4 (64 filters, GroupNorm with 32 groups: statistics per example, nothing leaks across
+  tasks or examples; MAML used transductive batch norm, which config.norm can select) and a
+  linear head. 60,000 meta-steps of Adam 1e-3.
+  5-way: meta-batch 32, inner lr 0.4, 1 inner step in training, 3 in testing.
+  20-way: meta-batch 16, inner lr 0.1, 5 inner steps in training and testing.
+  Training episodes carry K query images per class (MAML's protocol); test episodes 15.
+  Evaluation: 600 test episodes per setting in config.eval_settings, mean +- 95% CI.
+Algorithms: every row of mtpjax.ALGORITHMS, plus "protonet" (prototypes on the Conv4
+features, no inner loop). "cavia" / "prompt_maml" is the context-prompt variant: a
+`context_dim` vector applied as FiLM after conv layer `context_layer`, the only thing adapted.
+"""
+
+from ml_collections import config_dict
+
+from experiments.configs import common
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "cavia", "prompt_maml", "reptile", "protonet")
+
+WAYS_DEFAULTS = {  # cbfinn/maml's Omniglot settings
+    5: dict(meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_inner_steps=3),
+    20: dict(meta_batch_size=16, inner_lr=0.1, inner_steps=5, test_inner_steps=5),
+}
+ALGORITHM_DEFAULTS = {
+    # The context prompt restarts from zero for every task; a larger step suits it (CAVIA).
+    "cavia": dict(inner_lr=1.0, context_dim=100),
+    "prompt_maml": dict(inner_lr=1.0, context_dim=100),
+    "reptile": dict(inner_steps=5, inner_lr=0.1),
+    "protonet": dict(inner_steps=0, test_inner_steps=0),
+}
+
+
+def get_config(arg=None):
+  c = common.base_config()
+  c.ways = 5
+  c.shots = 1                    # K: support images per class in training episodes
+  c.train_queries = config_dict.placeholder(int)  # query images per class in training; None: K
+  c.eval_queries = 15            # query images per class in test episodes
+  c.eval_settings = ("5,1", "5,5")  # "ways,shots" of the test episodes (600 each)
+  c.eval_inner_steps = config_dict.placeholder(tuple)  # None: (0, 1, test_inner_steps)
+  c.test_inner_steps = config_dict.placeholder(int)
+  c.num_steps = 60_000
+  c.outer_lr = 1e-3
+  c.filters = 64
+  c.norm = "group"               # group | layer | none | batch_transductive
+  c.norm_groups = 32             # GroupNorm groups (filters must divide by it)
+  c.conv_impl = "auto"           # see mtpjax conv3x3: im2col on the CPU, XLA's conv elsewhere
+  c.context_dim = config_dict.placeholder(int)    # FiLM context (prompt) size; None: per algorithm
+  c.context_layer = 0            # FiLM after this conv layer (0 = the first)
+  c.data_path = config_dict.placeholder(str)      # omniglot28.npz; None: $MTPJAX_DATA_DIR or ../shared/data
+  c.split_seed = 1
+  c.num_train_characters = 1200
+  c.log_every = 100
+  c.checkpoint_every = 2_000
+  c.eval_batch_size = 50         # test episodes per vmapped evaluation chunk
+  if arg == "20way":
+    c.ways, c.eval_settings = 20, ("20,1", "20,5")
+  elif arg:
+    c.algorithm = arg
+  return c
+
+
+def resolve(config):
+  if config.algorithm not in ALGORITHMS:
+    raise ValueError(f"config.algorithm must be one of {list(ALGORITHMS)}, got {config.algorithm!r}")
+  if config.ways not in WAYS_DEFAULTS:  # other ways are allowed, with the 5-way defaults
+    defaults = dict(WAYS_DEFAULTS[5])
+  else:
+    defaults = dict(WAYS_DEFAULTS[config.ways])
+  defaults.update(train_queries=config.shots, context_dim=0)
+  defaults.update(ALGORITHM_DEFAULTS.get(config.algorithm, {}))
+  config = common.fill(config, defaults)
+  if config.eval_inner_steps is None:
+    config.eval_inner_steps = tuple(sorted({0, 1, config.test_inner_steps}
+                                           if config.test_inner_steps else {0}))
+  return config

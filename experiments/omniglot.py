@@ -1,0 +1,202 @@
+"""Omniglot few-shot classification: meta-train on the MAML split, evaluate 600 test episodes.
+
+  python -m experiments.omniglot --workdir runs/omniglot_maml [--config.algorithm=protonet ...]
+
+See experiments/configs/omniglot.py for the protocol and every field. Data: omniglot28.npz
+from config.data_path, else $MTPJAX_DATA_DIR, else ../shared/data beside the checkout.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mtpjax as mj
+from experiments import common
+from experiments.configs import omniglot as config_lib
+
+EVAL_SEED_OFFSET = 10_007  # test episodes come from their own key, never from training's
+
+
+def parse_settings(settings, num_classes):
+  """["5,1", "5,5"] -> [(5, 1), (5, 5)], with errors that name the field."""
+  out = []
+  for s in settings:
+    try:
+      ways, shots = (int(v) for v in str(s).split(","))
+    except ValueError:
+      raise ValueError(f"config.eval_settings entries must be 'ways,shots', got {s!r}") from None
+    if ways <= 1 or shots <= 0 or ways > num_classes:
+      raise ValueError(f"config.eval_settings: {s!r} needs 2 <= ways <= {num_classes} (test "
+                       "classes) and shots >= 1")
+    out.append((ways, shots))
+  if not out:
+    raise ValueError("config.eval_settings must list at least one 'ways,shots' setting")
+  return out
+
+
+def load_split(config):
+  data = mj.tasks.omniglot.load_npz(config.data_path)
+  split = mj.tasks.omniglot.maml_split(data, seed=config.split_seed,
+                                       num_train=config.num_train_characters)
+  to_float = lambda a: jnp.asarray(a, jnp.float32) / 255.0
+  return to_float(split["train"]), to_float(split["test"]), split
+
+
+def build_model(config):
+  needs_prompt = config.algorithm in ("cavia", "prompt_maml")
+  if config.context_dim < 0 or (needs_prompt and config.context_dim == 0):
+    raise ValueError(f"config.context_dim must be > 0 for {config.algorithm!r} (it adapts only "
+                     f"the context prompt) and >= 0 otherwise, got {config.context_dim}")
+  backbone = mj.conv4(filters=config.filters, norm=config.norm, groups=config.norm_groups,
+                      conv_impl=config.conv_impl,
+                      context_dim=config.context_dim, context_layer=config.context_layer)
+  if config.algorithm == "protonet":  # the Conv4 features are the embedding: no head
+    return mj.compose(backbone)
+  prompt = mj.context_prompt(config.context_dim) if config.context_dim else None
+  return mj.compose(backbone, mj.linear_head(config.ways), prompt)
+
+
+def build(config, optimizer) -> common.Experiment:
+  for name in ("ways", "shots", "train_queries", "eval_queries", "eval_batch_size"):
+    if config[name] <= 0:
+      raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+  train, test, _ = load_split(config)
+  settings = parse_settings(config.eval_settings, test.shape[0])
+  if config.algorithm != "protonet" and any(w != config.ways for w, _ in settings):
+    raise ValueError(f"config.eval_settings {list(config.eval_settings)}: a {config.ways}-way "
+                     f"model (config.ways) has a {config.ways}-way head and can only be tested "
+                     f"on {config.ways}-way episodes (ProtoNet can be tested on any)")
+  family = mj.tasks.classification.episodes(train, ways=config.ways, shots=config.shots,
+                                            queries=config.train_queries, name="meta-train classes")
+  model = build_model(config)
+  params = model.init(jax.random.key(config.seed), jnp.zeros((config.ways, 28, 28)))
+  protonet = config.algorithm == "protonet"
+  if protonet:
+    pn = mj.protonet(model.apply, config.ways)
+    loss_fn, acc_fn, task_repr = pn.loss_fn, pn.accuracy_fn, pn.task_repr
+    algorithm = "maml"  # zero inner steps: the meta-gradient flows through the prototypes
+  else:
+    loss_fn = mj.supervised(model.apply, mj.cross_entropy)
+    acc_fn, task_repr, algorithm = mj.supervised(model.apply, mj.accuracy), None, config.algorithm
+  learner = mj.meta_learner(loss_fn, optimizer, algorithm=algorithm,
+                            inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                            meta_batch_size=config.meta_batch_size, sample=family.sample,
+                            task_repr=task_repr)
+  eval_key = jax.random.key(config.seed + EVAL_SEED_OFFSET)
+  eval_steps = (0,) if protonet else tuple(config.eval_inner_steps)
+
+  def test_family(ways, shots):
+    return mj.tasks.classification.episodes(test, ways=ways, shots=shots,
+                                            queries=config.eval_queries, name="test classes")
+
+  def learner_for(ways):
+    if ways == config.ways:
+      return learner, loss_fn, acc_fn
+    # Only ProtoNet gets here (build checks): prototypes serve any number of ways.
+    pn_w = mj.protonet(model.apply, ways)
+    lrn = mj.meta_learner(pn_w.loss_fn, optimizer, algorithm="maml", inner_steps=0,
+                          inner_lr=config.inner_lr, meta_batch_size=1, task_repr=pn_w.task_repr)
+    return lrn, pn_w.loss_fn, pn_w.accuracy_fn
+
+  def evaluate(params):
+    rows, results = [], {}
+    for ways, shots in settings:
+      lrn, lf, af = learner_for(ways)
+      res = mj.evaluate(lrn, params, test_family(ways, shots).sample, key=eval_key,
+                        num_tasks=config.eval_tasks, inner_steps=eval_steps,
+                        metrics={"accuracy": af, "loss": lf}, batch_size=config.eval_batch_size)
+      setting = f"{ways}-way {shots}-shot"
+      rows += common.eval_rows(res, metric_names={"accuracy": "accuracy", "loss": "loss"},
+                               setting=setting)
+      results[setting] = res
+    return rows, results
+
+  def plot(workdir, params, history, results):
+    return make_plots(workdir, config, model, learner, acc_fn, test_family, params, history,
+                      results, eval_key, protonet)
+
+  name = f"omniglot {config.ways}-way {config.shots}-shot"
+  return common.Experiment(name, learner, params, evaluate, plot)
+
+
+def make_plots(workdir, config, model, learner, acc_fn, test_family, params, history, results,
+               eval_key, protonet):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  paths = []
+  # 1. Meta-training curve.
+  if history:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], label="query loss after adaptation")
+    if "support_loss" in history[0]:
+      ax.plot(steps, [h["support_loss"] for h in history], alpha=0.7,
+              label="support loss before adaptation")
+    ax.set(xlabel="meta-step", ylabel="cross-entropy (mean over log window)", yscale="log",
+           title=f"Omniglot {config.ways}-way {config.shots}-shot, {config.algorithm}")
+    ax.legend()
+    paths.append(_save(fig, workdir, "training_curve.png"))
+
+  # 2. Accuracy against inner steps, one line per test setting, with the 95% interval.
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for setting, res in results.items():
+    mean, ci = res.curve("accuracy")
+    xs = np.arange(len(mean))
+    ax.errorbar(xs, 100 * mean, yerr=100 * ci, marker="o", capsize=3, label=setting)
+  ax.set(xlabel="inner gradient steps" if not protonet else "(ProtoNet: no inner steps)",
+         ylabel="test accuracy (%)",
+         title=f"{config.algorithm}: {config.eval_tasks} test episodes per setting, 95% CI")
+  ax.legend()
+  paths.append(_save(fig, workdir, "accuracy_vs_inner_steps.png"))
+
+  # 3. One test episode: its support images, and its query images with the predictions.
+  ways, shots = parse_settings(config.eval_settings, 10**9)[0]
+  episode = test_family(ways, shots).sample(jax.random.split(eval_key, config.eval_tasks)[0])
+  steps = max(results[f"{ways}-way {shots}-shot"].inner_steps)
+  kw = {}
+  if learner.task_repr is not None:
+    kw["task_repr"] = learner.task_repr(params, episode.support)
+  adapted, _ = learner.adapt(params, episode.support, steps=steps, first_order=True)
+  if protonet:
+    logits = mj.protonet(model.apply, ways).logits(adapted, episode.query.x, kw["task_repr"])
+  else:
+    logits = model.apply(adapted, episode.query.x)
+  pred = np.asarray(jnp.argmax(logits, axis=-1))
+  qx, qy = np.asarray(episode.query.x), np.asarray(episode.query.y)
+  sx, sy = np.asarray(episode.support.x), np.asarray(episode.support.y)
+  cols = max(shots, min(config.eval_queries, 8))
+  fig, axes = plt.subplots(ways, shots + cols + 1, figsize=(1.1 * (shots + cols + 1), 1.2 * ways),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for c in range(ways):
+    for j, img in enumerate(sx[sy == c][:shots]):
+      axes[c][j].imshow(img, cmap="gray_r")
+      axes[c][j].set_title(f"class {c}" if j == 0 else "", fontsize=7)
+    for j, (img, p) in enumerate(zip(qx[qy == c][:cols], pred[qy == c][:cols])):
+      ax = axes[c][shots + 1 + j]
+      ax.imshow(img, cmap="gray_r")
+      ax.set_title(f"pred {p}", fontsize=7, color="green" if p == c else "red")
+  acc = float(np.mean(pred == qy))
+  fig.suptitle(f"{config.algorithm}, {ways}-way {shots}-shot, {steps} inner steps: support "
+               f"(left) and queries with predictions (right); episode accuracy {100 * acc:.0f}%",
+               fontsize=8)
+  paths.append(_save(fig, workdir, "episode_predictions.png"))
+  return paths
+
+
+def _save(fig, workdir, name):
+  import matplotlib.pyplot as plt
+  path = os.path.join(workdir, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+if __name__ == "__main__":
+  common.main(config_lib.get_config(), config_lib.resolve, build, config_lib.ALGORITHMS)
