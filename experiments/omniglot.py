@@ -20,13 +20,14 @@ EVAL_SEED_OFFSET = 10_007  # test episodes come from their own key, never from t
 
 
 def parse_settings(settings, num_classes):
-  """["5,1", "5,5"] -> [(5, 1), (5, 5)], with errors that name the field."""
+  """["5x1", "5x5"] -> [(5, 1), (5, 5)] (ways x shots), with errors that name the field."""
   out = []
   for s in settings:
     try:
-      ways, shots = (int(v) for v in str(s).split(","))
+      ways, shots = (int(v) for v in str(s).lower().split("x"))
     except ValueError:
-      raise ValueError(f"config.eval_settings entries must be 'ways,shots', got {s!r}") from None
+      raise ValueError(f"config.eval_settings entries must be 'WAYSxSHOTS' like '5x1', got "
+                       f"{s!r}") from None
     if ways <= 1 or shots <= 0 or ways > num_classes:
       raise ValueError(f"config.eval_settings: {s!r} needs 2 <= ways <= {num_classes} (test "
                        "classes) and shots >= 1")

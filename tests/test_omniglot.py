@@ -209,7 +209,7 @@ def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
 def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_path):
   from experiments import common
   from experiments import omniglot as experiment
-  config = _experiment_config(tmp_path, algorithm="protonet", eval_settings=("5,1", "10,2"))
+  config = _experiment_config(tmp_path, algorithm="protonet", eval_settings=("5x1", "10x2"))
   common.check_config(config, ("protonet",))
   exp = experiment.build(config, common.make_optimizer(config))._replace(plot=None)
   results = common.train_and_evaluate(config, str(tmp_path / "run"), exp)
@@ -219,9 +219,9 @@ def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("eval_settings", ("5-1",), "'ways,shots'"),
-    ("eval_settings", ("10,1",), "can only be tested on 5-way"),
-    ("eval_settings", ("99,1",), "ways <= 16"),
+    ("eval_settings", ("5-1",), "'WAYSxSHOTS'"),
+    ("eval_settings", ("10x1",), "can only be tested on 5-way"),
+    ("eval_settings", ("99x1",), "ways <= 16"),
     ("context_dim", 0, "context_dim must be > 0"),
 ])
 def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):

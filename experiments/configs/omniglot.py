@@ -44,7 +44,7 @@ def get_config(arg=None):
   c.shots = 1                    # K: support images per class in training episodes
   c.train_queries = config_dict.placeholder(int)  # query images per class in training; None: K
   c.eval_queries = 15            # query images per class in test episodes
-  c.eval_settings = ("5,1", "5,5")  # "ways,shots" of the test episodes (600 each)
+  c.eval_settings = ("5x1", "5x5")  # WAYSxSHOTS of the test episodes (600 each)
   c.eval_inner_steps = config_dict.placeholder(tuple)  # None: (0, 1, test_inner_steps)
   c.test_inner_steps = config_dict.placeholder(int)
   c.num_steps = 60_000
@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.checkpoint_every = 2_000
   c.eval_batch_size = 50         # test episodes per vmapped evaluation chunk
   if arg == "20way":
-    c.ways, c.eval_settings = 20, ("20,1", "20,5")
+    c.ways, c.eval_settings = 20, ("20x1", "20x5")
   elif arg:
     c.algorithm = arg
   return c
