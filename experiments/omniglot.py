@@ -148,6 +148,7 @@ def make_plots(workdir, config, model, learner, acc_fn, test_family, params, his
     mean, ci = res.curve("accuracy")
     xs = np.arange(len(mean))
     ax.errorbar(xs, 100 * mean, yerr=100 * ci, marker="o", capsize=3, label=setting)
+    ax.set_xticks(xs)
   ax.set(xlabel="inner gradient steps" if not protonet else "(ProtoNet: no inner steps)",
          ylabel="test accuracy (%)",
          title=f"{config.algorithm}: {config.eval_tasks} test episodes per setting, 95% CI")
