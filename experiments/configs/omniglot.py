@@ -2,7 +2,7 @@
 
   python -m experiments.omniglot --workdir runs/omniglot_maml
   python -m experiments.omniglot --workdir runs/omniglot_proto --config.algorithm=protonet
-  python -m experiments.omniglot --workdir DIR --config=experiments/configs/omniglot.py:20way
+  python -m experiments.omniglot --workdir runs/omniglot_20way --config.ways=20
 
 Protocol defaults (filled into any field left at None):
   MAML split: 1200 meta-training characters and 423 test characters (shuffled by
@@ -44,7 +44,8 @@ def get_config(arg=None):
   c.shots = 1                    # K: support images per class in training episodes
   c.train_queries = config_dict.placeholder(int)  # query images per class in training; None: K
   c.eval_queries = 15            # query images per class in test episodes
-  c.eval_settings = ("5x1", "5x5")  # WAYSxSHOTS of the test episodes (600 each)
+  # WAYSxSHOTS of the test episodes (600 each); None: ("{ways}x1", "{ways}x5").
+  c.eval_settings = config_dict.placeholder(tuple)
   c.eval_inner_steps = config_dict.placeholder(tuple)  # None: (0, 1, test_inner_steps)
   c.test_inner_steps = config_dict.placeholder(int)
   c.num_steps = 60_000
@@ -61,9 +62,7 @@ def get_config(arg=None):
   c.log_every = 100
   c.checkpoint_every = 2_000
   c.eval_batch_size = 50         # test episodes per vmapped evaluation chunk
-  if arg == "20way":
-    c.ways, c.eval_settings = 20, ("20x1", "20x5")
-  elif arg:
+  if arg:
     c.algorithm = arg
   return c
 
@@ -75,7 +74,8 @@ def resolve(config):
     defaults = dict(WAYS_DEFAULTS[5])
   else:
     defaults = dict(WAYS_DEFAULTS[config.ways])
-  defaults.update(train_queries=config.shots, context_dim=0)
+  defaults.update(train_queries=config.shots, context_dim=0,
+                  eval_settings=(f"{config.ways}x1", f"{config.ways}x5"))
   defaults.update(ALGORITHM_DEFAULTS.get(config.algorithm, {}))
   config = common.fill(config, defaults)
   if config.eval_inner_steps is None:
