@@ -269,6 +269,35 @@ def eval_rows(result: mj.EvalResult, *, metric_names: dict, setting: str) -> lis
   return rows
 
 
+def save_figure(fig, workdir: str, name: str) -> str:
+  """Saves a matplotlib figure as workdir/name (tight layout, 110 dpi), closes it, returns the path."""
+  import matplotlib.pyplot as plt
+  path = os.path.join(workdir, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_training_curve(workdir: str, history: list, *, metric: str, title: str) -> list:
+  """training_curve.png: query loss after adaptation (and support loss before it, when logged)
+  against the meta-step, from the metrics.jsonl rows. Returns [path], or [] with no history."""
+  if not history:
+    return []
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  steps = [h["step"] for h in history]
+  ax.plot(steps, [h["loss"] for h in history], label=f"query {metric} after adaptation")
+  if "support_loss" in history[0]:
+    ax.plot(steps, [h["support_loss"] for h in history], alpha=0.7,
+            label=f"support {metric} before adaptation")
+  ax.set(xlabel="meta-step", ylabel=f"{metric} (mean over log window)", yscale="log", title=title)
+  ax.legend()
+  return [save_figure(fig, workdir, "training_curve.png")]
+
+
 def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable,
          algorithms=None) -> None:
   """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...]."""

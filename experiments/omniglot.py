@@ -115,33 +115,22 @@ def build(config, optimizer) -> common.Experiment:
     return rows, results
 
   def plot(workdir, params, history, results):
-    return make_plots(workdir, config, model, learner, acc_fn, test_family, params, history,
-                      results, eval_key, protonet)
+    return make_plots(workdir, config, model, learner, test_family, settings[0], params,
+                      history, results, eval_key, protonet)
 
   name = f"omniglot {config.ways}-way {config.shots}-shot"
   return common.Experiment(name, learner, params, evaluate, plot)
 
 
-def make_plots(workdir, config, model, learner, acc_fn, test_family, params, history, results,
+def make_plots(workdir, config, model, learner, test_family, shown, params, history, results,
                eval_key, protonet):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  paths = []
-  # 1. Meta-training curve.
-  if history:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [h["step"] for h in history]
-    ax.plot(steps, [h["loss"] for h in history], label="query loss after adaptation")
-    if "support_loss" in history[0]:
-      ax.plot(steps, [h["support_loss"] for h in history], alpha=0.7,
-              label="support loss before adaptation")
-    ax.set(xlabel="meta-step", ylabel="cross-entropy (mean over log window)", yscale="log",
-           title=f"Omniglot {config.ways}-way {config.shots}-shot, {config.algorithm}")
-    ax.legend()
-    paths.append(_save(fig, workdir, "training_curve.png"))
-
+  paths = common.plot_training_curve(
+      workdir, history, metric="cross-entropy",
+      title=f"Omniglot {config.ways}-way {config.shots}-shot, {config.algorithm}")
   # 2. Accuracy against inner steps, one line per test setting, with the 95% interval.
   fig, ax = plt.subplots(figsize=(6, 4))
   for setting, res in results.items():
@@ -153,10 +142,10 @@ def make_plots(workdir, config, model, learner, acc_fn, test_family, params, his
          ylabel="test accuracy (%)",
          title=f"{config.algorithm}: {config.eval_tasks} test episodes per setting, 95% CI")
   ax.legend()
-  paths.append(_save(fig, workdir, "accuracy_vs_inner_steps.png"))
+  paths.append(common.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
 
   # 3. One test episode: its support images, and its query images with the predictions.
-  ways, shots = parse_settings(config.eval_settings, 10**9)[0]
+  ways, shots = shown  # the episode shown: (ways, shots) of the first test setting
   episode = test_family(ways, shots).sample(jax.random.split(eval_key, config.eval_tasks)[0])
   steps = max(results[f"{ways}-way {shots}-shot"].inner_steps)
   kw = {}
@@ -187,17 +176,8 @@ def make_plots(workdir, config, model, learner, acc_fn, test_family, params, his
   fig.suptitle(f"{config.algorithm}, {ways}-way {shots}-shot, {steps} inner steps: support "
                f"(left) and queries with predictions (right); episode accuracy {100 * acc:.0f}%",
                fontsize=8)
-  paths.append(_save(fig, workdir, "episode_predictions.png"))
+  paths.append(common.save_figure(fig, workdir, "episode_predictions.png"))
   return paths
-
-
-def _save(fig, workdir, name):
-  import matplotlib.pyplot as plt
-  path = os.path.join(workdir, name)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
 
 
 if __name__ == "__main__":

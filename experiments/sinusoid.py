@@ -62,20 +62,9 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  paths = []
-  # 1. Meta-training curve.
-  if history:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [h["step"] for h in history]
-    ax.plot(steps, [h["loss"] for h in history], label="query MSE after adaptation")
-    if "support_loss" in history[0]:
-      ax.plot(steps, [h["support_loss"] for h in history], label="support MSE before adaptation",
-              alpha=0.7)
-    ax.set(xlabel="meta-step", ylabel="MSE (mean over log window)", yscale="log",
-           title=f"sinusoid {config.shots}-shot, {config.algorithm}: meta-training")
-    ax.legend()
-    paths.append(_save(fig, workdir, "training_curve.png"))
-
+  paths = common.plot_training_curve(
+      workdir, history, metric="MSE",
+      title=f"sinusoid {config.shots}-shot, {config.algorithm}: meta-training")
   # 2. MSE against inner steps, with the 95% interval.
   mean, ci = res.curve("loss")
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -84,7 +73,7 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
   ax.fill_between(xs, mean - ci, mean + ci, alpha=0.3)
   ax.set(xlabel="inner gradient steps", ylabel="query MSE", yscale="log",
          title=f"{config.algorithm}, {config.shots}-shot: {res.per_task['loss'].shape[0]} test tasks")
-  paths.append(_save(fig, workdir, "mse_vs_inner_steps.png"))
+  paths.append(common.save_figure(fig, workdir, "mse_vs_inner_steps.png"))
 
   # 3. Fitted curves before and after adaptation (MAML's Figure 2), on the first test tasks.
   grid = jnp.linspace(-5.0, 5.0, 200)[:, None]
@@ -104,17 +93,8 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
     ax.set_title(f"A={float(amp):.2f}, phase={float(phase):.2f}")
   axes[0][0].legend(fontsize=7)
   fig.suptitle(f"{config.algorithm}: fits after adapting on {config.shots} points")
-  paths.append(_save(fig, workdir, "fits.png"))
+  paths.append(common.save_figure(fig, workdir, "fits.png"))
   return paths
-
-
-def _save(fig, workdir, name):
-  path = os.path.join(workdir, name)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  import matplotlib.pyplot as plt
-  plt.close(fig)
-  return path
 
 
 if __name__ == "__main__":
