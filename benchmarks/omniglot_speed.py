@@ -10,9 +10,10 @@ hit both. Reported: compile time (first call), the median seconds per meta-step 
 their ratio.
 
   python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
-      [--queries 1] [--rounds 3] [--steps 5] [--conv_impl auto] [--out DIR]
+      [--queries 1] [--rounds 3] [--steps 5] [--conv_impl auto] [--system_malloc] [--out DIR]
 
-Without --peer_python only mtpjax is timed.
+Without --peer_python only mtpjax is timed. Both sides run with mtpjax.retain_host_memory's
+malloc settings (freed host memory is kept for reuse) unless --system_malloc is given.
 """
 
 import argparse
@@ -58,6 +59,8 @@ def time_steps(learner, state, steps):
 def time_peer(peer_python, data_file, args):
   cmd = [peer_python, "-m", "benchmarks.l2l_omniglot_step", "--data", data_file,
          "--steps", str(args.steps), "--tasks", str(args.tasks), "--queries", str(args.queries)]
+  if not args.system_malloc:
+    cmd.append("--retain_host_memory")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
   if out.returncode:
@@ -74,8 +77,12 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--conv_impl", default="auto")
   parser.add_argument("--data", default=None, help="omniglot28.npz (default: the shared data)")
+  parser.add_argument("--system_malloc", action="store_true",
+                      help="glibc's default malloc settings on both sides (no retained memory)")
   parser.add_argument("--out", default="runs/speed")
   args = parser.parse_args()
+  if not args.system_malloc:  # before the first JAX computation
+    mj.retain_host_memory()
 
   data = mj.tasks.omniglot.load_npz(args.data)["images"][:1200]  # meta-training characters
   learner, state = mtpjax_learner(data, tasks=args.tasks, queries=args.queries,
@@ -85,7 +92,8 @@ def main():
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   print(f"mtpjax: compile + first step {compile_s:.1f} s (backend {jax.default_backend()}, "
-        f"conv_impl {args.conv_impl})", flush=True)
+        f"conv_impl {args.conv_impl}, "
+        f"{'system malloc' if args.system_malloc else 'retained host memory'})", flush=True)
 
   ours, peer = [], []
   with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +120,8 @@ def main():
                 f"{result['speedup']:.2f}x learn2learn's speed")
   print(summary)
   os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, f"omniglot_speed_q{args.queries}_{args.conv_impl}.json")
+  path = os.path.join(args.out, (f"omniglot_speed_q{args.queries}_{args.conv_impl}"
+                                f"{'_system_malloc' if args.system_malloc else ''}.json"))
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {path}")
