@@ -4,18 +4,21 @@
 # per class (paper code: 15 in most re-implementations); every other field as in
 # experiments/configs/omniglot.py. Each model is tested on 600 5-way 1-shot and 600 5-way
 # 5-shot episodes (the paper trains a separate 5-shot model); ProtoNet, which has no head, also
-# on 20-way 1-shot and 5-shot episodes. Results: runs/omniglot_cpu/*/.
+# on 20-way 1-shot and 5-shot episodes. "NAME_zero" runs NAME with the zeroing trick
+# (--config.zero_head=True: the head starts every task at zero). Results: runs/omniglot_cpu/*/.
 #   bash benchmarks/omniglot_cpu_protocol.sh [algorithms...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-ALGOS=${*:-maml protonet fomaml anil metasgd cavia}
+ALGOS=${*:-maml protonet fomaml anil metasgd cavia fomaml_zero}
 mkdir -p runs/omniglot_cpu
 for algo in $ALGOS; do
   extra=()
+  name=$algo
+  if [[ "$algo" == *_zero ]]; then algo=${algo%_zero}; extra=(--config.zero_head=True); fi
   if [ "$algo" = protonet ]; then extra=("--config.eval_settings=('5x1','5x5','20x1','20x5')"); fi
-  "$PY" -m experiments.omniglot --workdir "runs/omniglot_cpu/$algo" \
+  "$PY" -m experiments.omniglot --workdir "runs/omniglot_cpu/$name" \
     --config.algorithm="$algo" --config.num_steps=2000 --config.meta_batch_size=8 \
     --config.eval_queries=5 --config.checkpoint_every=500 --config.progress=False "${extra[@]}" \
-    > "runs/omniglot_cpu/$algo.log" 2>&1 || echo "$algo failed (see runs/omniglot_cpu/$algo.log)"
+    > "runs/omniglot_cpu/$name.log" 2>&1 || echo "$name failed (see runs/omniglot_cpu/$name.log)"
 done

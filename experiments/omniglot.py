@@ -81,6 +81,13 @@ def build(config, optimizer) -> common.Experiment:
   else:
     loss_fn = mj.supervised(model.apply, mj.cross_entropy)
     acc_fn, task_repr, algorithm = mj.supervised(model.apply, mj.accuracy), None, config.algorithm
+  if config.zero_head:
+    if protonet:
+      raise ValueError("config.zero_head: ProtoNet has no head to reset")
+    try:
+      algorithm = mj.get_algorithm(config.algorithm, reset=(mj.HEAD,))
+    except ValueError as e:
+      raise ValueError(f"config.zero_head with algorithm {config.algorithm!r}: {e}") from None
   learner = mj.meta_learner(loss_fn, optimizer, algorithm=algorithm,
                             inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                             meta_batch_size=config.meta_batch_size, sample=family.sample,

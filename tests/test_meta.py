@@ -227,3 +227,44 @@ def test_the_jitted_meta_step_traces_once_over_many_steps():
     state, metrics = learner.step(state)
   assert len(traces) == 1
   assert int(state.step) == 20
+
+
+def test_reset_head_starts_every_task_at_zero_and_one_step_is_the_closed_form():
+  # Zeroing trick (Kao et al. 2022): from W = 0, b = 0 the softmax is uniform, so one SGD step
+  # of the mean cross-entropy gives W' = lr/n * sum_i (onehot(y_i) - 1/K) f_i^T and
+  # b' = lr/n * sum_i (onehot(y_i) - 1/K), whatever the meta-learned features are.
+  ways, n, lr = 3, 6, 0.7
+  model = mj.compose(mj.mlp((8,)), mj.linear_head(ways))
+  params = model.init(jax.random.key(0), jnp.zeros((n, 2)))
+  x = jax.random.normal(jax.random.key(1), (2, n, 2))
+  y = jnp.tile(jnp.arange(ways), (2, n // ways))
+  tasks = mj.Episode(mj.Batch(x, y), mj.Batch(x + 0.1, y))
+  loss_fn = mj.supervised(model.apply, mj.cross_entropy)
+  algo = mj.get_algorithm("fomaml", reset=("head",))
+  learner = mj.meta_learner(loss_fn, optax.sgd(0.5), algorithm=algo, inner_steps=1,
+                            inner_lr=lr)
+  state = learner.init(params, key=jax.random.key(0))
+  chex.assert_trees_all_equal(state.params["head"], jax.tree.map(jnp.zeros_like, params["head"]))
+  state, _ = learner.step(state, tasks)
+  chex.assert_trees_all_equal(state.params["head"], jax.tree.map(jnp.zeros_like, params["head"]))
+  assert not np.allclose(state.params["shared"]["dense_0"]["kernel"],
+                         params["shared"]["dense_0"]["kernel"])  # the features are meta-learned
+  ep = first(tasks)
+  adapted, _ = learner.adapt(state.params, ep.support)
+  feats = mj.mlp((8,)).apply(state.params["shared"], ep.support.x)
+  coef = jax.nn.one_hot(ep.support.y, ways) - 1.0 / ways  # [n, K]
+  np.testing.assert_allclose(adapted["head"]["kernel"], lr / n * feats.T @ coef, rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(adapted["head"]["bias"], lr / n * coef.sum(0), rtol=1e-5, atol=1e-7)
+
+
+def test_reset_roles_are_checked():
+  with pytest.raises(ValueError, match="must adapt"):
+    mj.get_algorithm("cavia", reset=("head",))
+  with pytest.raises(ValueError, match="subset"):
+    mj.get_algorithm("maml", reset=("bogus",))
+  family, _, params, loss_fn = small_problem()
+  algo = mj.get_algorithm("maml", outer=("head",), reset=("head",))
+  learner = mj.meta_learner(loss_fn, optax.sgd(0.1), algorithm=algo, inner_steps=1)
+  with pytest.raises(ValueError, match="meta-learns nothing"):
+    learner.init(params, key=jax.random.key(0))

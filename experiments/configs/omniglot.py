@@ -56,6 +56,9 @@ def get_config(arg=None):
   c.conv_impl = "auto"           # see mtpjax conv3x3: im2col on the CPU, XLA's conv elsewhere
   c.context_dim = config_dict.placeholder(int)    # FiLM context (prompt) size; None: per algorithm
   c.context_layer = 3            # FiLM after this conv layer (3 = the last; at 0 it stayed at chance)
+  # The "zeroing trick" (Kao et al. 2022): the head starts every task at zero and is not
+  # meta-learned (Algorithm.reset); without it first-order MAML's head drifts on this protocol.
+  c.zero_head = False
   c.data_path = config_dict.placeholder(str)      # omniglot28.npz; None: $MTPJAX_DATA_DIR or ../shared/data
   c.split_seed = 1
   c.num_train_characters = 1200

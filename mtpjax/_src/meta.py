@@ -6,6 +6,8 @@ Every algorithm is a row of `ALGORITHMS`:
   outer  which roles the outer optimizer updates (None: every role)
   rule   "maml" (differentiate the query loss through adaptation) or "reptile"
   first_order, learn_inner_lr
+  reset  roles that start every task from zero and are not meta-learned (e.g. ("head",): the
+         "zeroing trick" of Kao et al. 2022, which keeps first-order MAML's head from drifting)
 
 so MAML, first-order MAML, Meta-SGD, ANIL, CAVIA and prompt meta-learning are one code path,
 and Reptile is the one algorithm with its own outer rule.
@@ -31,6 +33,7 @@ class Algorithm:
   outer: Optional[tuple[str, ...]] = None
   first_order: bool = False
   learn_inner_lr: bool = False
+  reset: tuple[str, ...] = ()
 
 
 ALGORITHMS = {
@@ -50,21 +53,33 @@ ALGORITHMS = {
 
 def get_algorithm(name: str, *, fast: Optional[Sequence[str]] = None,
                   outer: Optional[Sequence[str]] = None,
-                  first_order: Optional[bool] = None) -> Algorithm:
-  """Looks up a preset by name and optionally overrides what adapts and what is meta-learned."""
+                  first_order: Optional[bool] = None,
+                  reset: Optional[Sequence[str]] = None) -> Algorithm:
+  """Looks up a preset by name and optionally overrides what adapts and what is meta-learned.
+
+  reset: roles that start every task from zero instead of a meta-learned initialisation
+  (they must be among the roles that adapt, else they would stay zero).
+  """
   if name not in ALGORITHMS:
     raise ValueError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
   algo = ALGORITHMS[name]
-  for roles, what in ((fast, "fast"), (outer, "outer")):
+  for roles, what in ((fast, "fast"), (outer, "outer"), (reset, "reset")):
     if roles is not None:
       bad = [r for r in roles if r not in types.ROLES]
       if bad or not roles:
         raise ValueError(f"{what} roles must be a non-empty subset of {types.ROLES}, got {roles!r}")
-  return dataclasses.replace(
+  algo = dataclasses.replace(
       algo,
       fast=tuple(fast) if fast is not None else algo.fast,
       outer=tuple(outer) if outer is not None else algo.outer,
-      first_order=algo.first_order if first_order is None else bool(first_order))
+      first_order=algo.first_order if first_order is None else bool(first_order),
+      reset=tuple(reset) if reset is not None else algo.reset)
+  if algo.fast is not None and any(r not in algo.fast for r in algo.reset):
+    raise ValueError(f"reset roles {list(algo.reset)} must adapt (fast roles "
+                     f"{list(algo.fast)}): a role reset to zero that never adapts stays zero")
+  if types.INNER_LR in algo.reset:
+    raise ValueError("the inner learning rates cannot be reset to zero")
+  return algo
 
 
 def fast_roles(algo: Algorithm, params: types.Params) -> tuple[str, ...]:
@@ -75,9 +90,9 @@ def fast_roles(algo: Algorithm, params: types.Params) -> tuple[str, ...]:
 
 def outer_roles(algo: Algorithm, params: types.Params) -> tuple[str, ...]:
   if algo.outer is not None:
-    roles = tuple(r for r in algo.outer if r in params)
+    roles = tuple(r for r in algo.outer if r in params and r not in algo.reset)
   else:
-    roles = tuple(params)
+    roles = tuple(r for r in params if r not in algo.reset)
   if algo.learn_inner_lr and types.INNER_LR not in roles and types.INNER_LR in params:
     roles += (types.INNER_LR,)
   return roles
@@ -210,11 +225,17 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     if algo.outer is not None and not any(r in params for r in algo.outer):
       raise ValueError(f"algorithm {algo.name!r} meta-learns roles {list(algo.outer)}, none of "
                        f"which is in the parameters (roles {sorted(params)})")
+    adapt_lib.check_roles(params, algo.reset, f"algorithm {algo.name!r} resets")
     # A copy: the step donates the state, which must not delete the caller's arrays.
     params = jax.tree.map(jnp.copy, dict(params))
+    for r in algo.reset:  # never meta-learned, so zero for every task
+      params[r] = jax.tree.map(jnp.zeros_like, params[r])
     if algo.learn_inner_lr and types.INNER_LR not in params:
       fast_params, _ = adapt_lib.split_roles(params, fast)
       params[types.INNER_LR] = jax.tree.map(lambda p: jnp.full_like(p, inner_lr), fast_params)
+    if not outer_roles(algo, params):
+      raise ValueError(f"algorithm {algo.name!r} meta-learns nothing: every outer role is reset "
+                       f"({list(algo.reset)})")
     outer, _ = adapt_lib.split_roles(params, outer_roles(algo, params))
     return MetaState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=optimizer.init(outer), key=key)
