@@ -44,7 +44,8 @@ def main(runs="runs/omniglot_cpu"):
       r = json.load(f)
     if r.get("benchmark", "").startswith("omniglot"):
       results.append(r)
-  results.sort(key=lambda r: ORDER.index(r["algorithm"]) if r["algorithm"] in ORDER else 99)
+  results.sort(key=lambda r: (ORDER.index(r["algorithm"]) if r["algorithm"] in ORDER else 99,
+                              bool(r["config"].get("zero_head"))))
   settings = []
   for r in results:
     for row in r["rows"]:
@@ -58,11 +59,15 @@ def main(runs="runs/omniglot_cpu"):
   for r in results:
     c = r["config"]
     test_steps = c.get("test_inner_steps") or 0
-    line = f"| {LABEL.get(r['algorithm'], r['algorithm'])} | {r['num_steps']:,} x {c['meta_batch_size']} |"
+    label = LABEL.get(r["algorithm"], r["algorithm"])
+    published = PUBLISHED.get(r["algorithm"], {})
+    if c.get("zero_head"):  # a variant of the published algorithm, not the published set-up
+      label, published = label + ", zero head (zeroing trick)", {}
+    line = f"| {label} | {r['num_steps']:,} x {c['meta_batch_size']} |"
     for s in settings:
       one = "-" if r["algorithm"] == "protonet" else cell(r["rows"], s, 1)
       line += (f" {one} | {cell(r['rows'], s, test_steps)} |"
-               f" {PUBLISHED.get(r['algorithm'], {}).get(s, '-')} |")
+               f" {published.get(s, '-')} |")
     print(line + f" {r['meta_steps_per_sec']:.2f} |")
 
 

@@ -223,13 +223,17 @@ def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_
     ("eval_settings", ("10x1",), "can only be tested on 5-way"),
     ("eval_settings", ("99x1",), "ways <= 16"),
     ("context_dim", 0, "context_dim must be > 0"),
+    ("zero_head", True, "zero_head with algorithm 'cavia'.*must adapt"),
+    ("zero_head", True, "ProtoNet has no head"),
 ])
 def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):
   from experiments import common
   from experiments import omniglot as experiment
   overrides = {field: value}
-  if field == "context_dim":
+  if field == "context_dim" or "cavia" in match:
     overrides["algorithm"] = "cavia"
+  if "ProtoNet" in match:
+    overrides["algorithm"] = "protonet"
   config = _experiment_config(tmp_path, **overrides)
   with pytest.raises(ValueError, match=match):
     experiment.build(config, common.make_optimizer(config))
@@ -241,3 +245,17 @@ def test_omniglot_config_rejects_an_unknown_algorithm():
   c.algorithm = "matching_nets"
   with pytest.raises(ValueError, match="config.algorithm must be one of"):
     config_lib.resolve(c)
+
+
+def test_omniglot_zero_head_keeps_the_head_at_zero_while_the_network_learns(tmp_path):
+  from experiments import common
+  from experiments import omniglot as experiment
+  config = _experiment_config(tmp_path, algorithm="fomaml", zero_head=True)
+  exp = experiment.build(config, common.make_optimizer(config))
+  state = exp.learner.init(exp.params, key=jax.random.key(0))
+  for _ in range(2):
+    state, _ = exp.learner.step(state)
+  for leaf in jax.tree.leaves(state.params["head"]):
+    np.testing.assert_array_equal(leaf, 0.0)
+  kernel = state.params["shared"]["conv_1"]["kernel"]
+  assert not np.allclose(kernel, exp.params["shared"]["conv_1"]["kernel"])
