@@ -10,10 +10,10 @@ hit both. Reported: compile time (first call), the median seconds per meta-step 
 their ratio.
 
   python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
-      [--queries 1] [--rounds 3] [--steps 5] [--conv_impl auto] [--system_malloc] [--out DIR]
+      [--queries 1] [--rounds 3] [--steps 5] [--conv_impl auto] [--retain_host_memory] [--out DIR]
 
-Without --peer_python only mtpjax is timed. Both sides run with mtpjax.retain_host_memory's
-malloc settings (freed host memory is kept for reuse) unless --system_malloc is given.
+Without --peer_python only mtpjax is timed. With --retain_host_memory both sides run with
+mtpjax.retain_host_memory's malloc settings (freed host memory is kept for reuse).
 """
 
 import argparse
@@ -59,7 +59,7 @@ def time_steps(learner, state, steps):
 def time_peer(peer_python, data_file, args):
   cmd = [peer_python, "-m", "benchmarks.l2l_omniglot_step", "--data", data_file,
          "--steps", str(args.steps), "--tasks", str(args.tasks), "--queries", str(args.queries)]
-  if not args.system_malloc:
+  if args.retain_host_memory:
     cmd.append("--retain_host_memory")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
@@ -77,11 +77,11 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--conv_impl", default="auto")
   parser.add_argument("--data", default=None, help="omniglot28.npz (default: the shared data)")
-  parser.add_argument("--system_malloc", action="store_true",
-                      help="glibc's default malloc settings on both sides (no retained memory)")
+  parser.add_argument("--retain_host_memory", action="store_true",
+                      help="mtpjax.retain_host_memory's malloc settings on both sides")
   parser.add_argument("--out", default="runs/speed")
   args = parser.parse_args()
-  if not args.system_malloc:  # before the first JAX computation
+  if args.retain_host_memory:  # before the first JAX computation
     mj.retain_host_memory()
 
   data = mj.tasks.omniglot.load_npz(args.data)["images"][:1200]  # meta-training characters
@@ -93,7 +93,7 @@ def main():
   compile_s = time.perf_counter() - start
   print(f"mtpjax: compile + first step {compile_s:.1f} s (backend {jax.default_backend()}, "
         f"conv_impl {args.conv_impl}, "
-        f"{'system malloc' if args.system_malloc else 'retained host memory'})", flush=True)
+        f"{'retained host memory' if args.retain_host_memory else 'system malloc'})", flush=True)
 
   ours, peer = [], []
   with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +121,7 @@ def main():
   print(summary)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, (f"omniglot_speed_q{args.queries}_{args.conv_impl}"
-                                f"{'_system_malloc' if args.system_malloc else ''}.json"))
+                                f"{'_retain' if args.retain_host_memory else ''}.json"))
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {path}")

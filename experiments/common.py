@@ -308,9 +308,9 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
                       required=True)
   flags.DEFINE_bool("allow_config_change", False,
                     "resume a checkpoint even though its config differs from this one")
-  flags.DEFINE_bool("retain_host_memory", True,
-                    "keep freed host memory for reuse (mtpjax.retain_host_memory): XLA:CPU "
-                    "steps then stop page-faulting; the process keeps its peak host memory")
+  flags.DEFINE_bool("retain_host_memory", False,
+                    "keep freed host memory for reuse (mtpjax.retain_host_memory): faster for "
+                    "small steps on the CPU, much slower for large ones (see its docstring)")
   config_flags.DEFINE_config_dict("config", default_config, "experiment config; override "
                                   "fields with --config.FIELD=VALUE")
 

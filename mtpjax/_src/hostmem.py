@@ -5,8 +5,13 @@ MAML meta-step). With glibc's default malloc, buffers above the mmap threshold, 
 buffer that XLA's worker threads allocate in their own arenas, go back to the kernel when
 freed. The next step touches fresh pages, and the kernel zeroes each one on a page fault.
 On the Omniglot MAML step (benchmarks/omniglot_speed_notes.md) that was ~200,000 minor faults
-and ~0.7 s of system time per 1.3 s step. tcmalloc (LD_PRELOAD) avoids this too; this is the
-same effect with glibc and no preload.
+and ~0.7 s of system time per 1.3 s step.
+
+It is not a free win, so nothing calls it by default. Measured on that step (2-core CPU):
+  1 query per class (~1 GB of temporaries):   glibc 1.34 s, retained 1.1 s, tcmalloc 1.00 s
+  15 queries per class (many GB):             glibc 7.0 s,  retained 13.4 s, tcmalloc 4.05 s
+With one arena and every block on the heap, large steps fragment it and contend for its lock.
+Preloading tcmalloc (LD_PRELOAD=.../libtcmalloc_minimal.so.4) is faster in both cases.
 """
 
 import ctypes
@@ -25,7 +30,8 @@ def retain_host_memory() -> bool:
 
   Sets, process-wide: one malloc arena (threads share the main heap), no mmap'd chunks (large
   blocks come from the heap too), and a trim threshold of 2 GiB (the heap is not shrunk).
-  The cost: the process keeps its peak host memory until it exits. Device (GPU) memory is
+  The costs: the process keeps its peak host memory until it exits, and steps with very large
+  temporaries can get slower (module docstring). Device (GPU) memory is
   not affected. Call it before the first JAX computation: threads that already own an arena
   keep it. Calling it again is harmless.
 
