@@ -7,11 +7,14 @@ freed. The next step touches fresh pages, and the kernel zeroes each one on a pa
 On the Omniglot MAML step (benchmarks/omniglot_speed_notes.md) that was ~200,000 minor faults
 and ~0.7 s of system time per 1.3 s step.
 
-It is not a free win, so nothing calls it by default. Measured on that step (2-core CPU):
-  1 query per class (~1 GB of temporaries):   glibc 1.34 s, retained 1.1 s, tcmalloc 1.00 s
-  15 queries per class (many GB):             glibc 7.0 s,  retained 13.4 s, tcmalloc 4.05 s
+It is not a reliable win, so nothing calls it by default. Measured on that step (2-core CPU,
+`python -m benchmarks.omniglot_speed --rounds 3 --steps 4 [--queries 15] [--retain_host_memory]`,
+tcmalloc through LD_PRELOAD):
+  1 query per class:    glibc 1.45 s (216k faults); retained 1.11 s (0 faults) in one run,
+                        1.50 s (79k faults) in another; tcmalloc 1.02-1.04 s (~1k faults)
+  15 queries per class: glibc 7.0 s; retained 13.4 s; tcmalloc 4.05-5.2 s
 With one arena and every block on the heap, large steps fragment it and contend for its lock.
-Preloading tcmalloc (LD_PRELOAD=.../libtcmalloc_minimal.so.4) is faster in both cases.
+Preloading tcmalloc (LD_PRELOAD=.../libtcmalloc_minimal.so.4) is faster, and consistently so.
 """
 
 import ctypes
@@ -31,8 +34,8 @@ def retain_host_memory() -> bool:
   Sets, process-wide: one malloc arena (threads share the main heap), no mmap'd chunks (large
   blocks come from the heap too), and a trim threshold of 2 GiB (the heap is not shrunk).
   The costs: the process keeps its peak host memory until it exits, and steps with very large
-  temporaries can get slower (module docstring). Device (GPU) memory is
-  not affected. Call it before the first JAX computation: threads that already own an arena
+  temporaries can get slower (module docstring). Device (GPU) memory is not affected.
+  Call it before the first JAX computation: threads that already own an arena
   keep it. Calling it again is harmless.
 
   Returns:

@@ -233,10 +233,11 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     if algo.learn_inner_lr and types.INNER_LR not in params:
       fast_params, _ = adapt_lib.split_roles(params, fast)
       params[types.INNER_LR] = jax.tree.map(lambda p: jnp.full_like(p, inner_lr), fast_params)
-    if not outer_roles(algo, params):
+    outer = outer_roles(algo, params)
+    if not outer:
       raise ValueError(f"algorithm {algo.name!r} meta-learns nothing: every outer role is reset "
                        f"({list(algo.reset)})")
-    outer, _ = adapt_lib.split_roles(params, outer_roles(algo, params))
+    outer, _ = adapt_lib.split_roles(params, outer)
     return MetaState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=optimizer.init(outer), key=key)
 
