@@ -68,6 +68,13 @@ def check_config(config: ml_collections.ConfigDict, algorithms=None) -> None:
                "log_every", "checkpoint_every", "keep_checkpoints", "eval_tasks"):
     positive(name)
   positive("inner_steps", allow_zero=True)
+  k = config.get("steps_per_call", 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"config.steps_per_call must be a positive int, got {k!r}")
+  for name in ("log_every", "checkpoint_every"):
+    if config[name] % k:
+      raise ValueError(f"config.steps_per_call ({k}) must divide config.{name} "
+                       f"({config[name]}): logs and checkpoints fall between calls")
   eval_steps = list(config.eval_inner_steps)
   if not eval_steps or any((not isinstance(s, int)) or s < 0 for s in eval_steps):
     raise ValueError(f"config.eval_inner_steps must be a non-empty list of integers >= 0, "
@@ -172,23 +179,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
                config.nan_policy == "stop" else "."))
 
   num_steps = config.num_steps
+  per_call = config.get("steps_per_call", 1)
+
+  def advance(state, step):
+    """Runs up to the next multiple of steps_per_call (or num_steps): (state, metrics [n])."""
+    n = min(per_call - step % per_call, num_steps - step)
+    if per_call == 1:
+      state, metrics = learner.step(state)
+      return state, jax.tree.map(lambda m: m[None], metrics), 1
+    state, metrics = learner.run(state, n)
+    return state, metrics, n
+
   window, t_log, t0 = [], time.perf_counter(), None
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=experiment.name, unit="step",
                   disable=not config.progress, dynamic_ncols=True, file=sys.stderr)
   t_wall = time.perf_counter()
   with open(metrics_path, "a") as mfile:
-    for step in range(start + 1, num_steps + 1):
-      state, metrics = learner.step(state)
+    step = start
+    while step < num_steps:
+      state, metrics, n = advance(state, step)
+      step += n
       window.append(metrics)
-      if t0 is None:  # the first step in this process compiles: time the rest
+      if t0 is None:  # the first call in this process compiles: time the rest
         jax.block_until_ready(metrics)
         timing["compile_seconds"] += time.perf_counter() - t_wall
         t0, t_log, steps_at_t0 = time.perf_counter(), time.perf_counter(), step
+        window_steps = 0
+      else:
+        window_steps += n
       if step % config.log_every == 0 or step == num_steps:
         host = jax.device_get(window)  # the only host sync in the loop
-        row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        row = {k: float(np.mean(np.concatenate([m[k] for m in host]))) for k in host[0]}
         now = time.perf_counter()
-        row["steps_per_sec"] = len(window) / max(now - t_log, 1e-9) if step > steps_at_t0 else None
+        row["steps_per_sec"] = window_steps / max(now - t_log, 1e-9) if step > steps_at_t0 else None
         row["step"] = step
         if config.nan_policy == "skip":
           row["skipped_updates"] = _skipped_updates(state.opt_state)
@@ -203,8 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
           if bad:
             raise NonFiniteError(nan_message(step, " and ".join(bad)))
         bar.set_postfix(loss=f"{row['loss']:.4f}")
-        bar.update(len(window))
-        window, t_log = [], now
+        bar.update(sum(len(m["loss"]) for m in host))
+        window, t_log, window_steps = [], now, 0
       if step % config.checkpoint_every == 0 or step == num_steps:
         jax.block_until_ready(state)
         timing["timed_steps"] += step - steps_at_t0

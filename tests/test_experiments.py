@@ -77,6 +77,19 @@ def test_the_same_seed_gives_the_same_figures(tmp_path):
   assert [r["mean"] for r in a["rows"]] == [r["mean"] for r in b["rows"]]
 
 
+def test_several_steps_per_call_train_the_same_run(tmp_path):
+  # 23 steps, 5 per call: calls end at 5, 10 (log, checkpoint), ..., 20, then 3 to step 23.
+  one = run(tmp_path / "one", num_steps=23, eval_tasks=10)
+  five = run(tmp_path / "five", num_steps=23, eval_tasks=10, steps_per_call=5)
+  assert five["num_steps"] == 23
+  rows = [[json.loads(l) for l in open(tmp_path / w / "metrics.jsonl")] for w in ("one", "five")]
+  assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [10, 20, 23]
+  np.testing.assert_allclose([r["loss"] for r in rows[1]], [r["loss"] for r in rows[0]],
+                             rtol=1e-4)
+  np.testing.assert_allclose([r["mean"] for r in five["rows"]], [r["mean"] for r in one["rows"]],
+                             rtol=1e-4, atol=1e-6)
+
+
 def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   steps = dict(num_steps=400, log_every=20, checkpoint_every=60)
   args = [f"--config.{k}={v}" for k, v in steps.items()]
@@ -182,6 +195,8 @@ def test_nan_skip_policy_skips_bad_updates_and_reports_them(tmp_path):
     ("meta_batch_size", 0, "config.meta_batch_size must be > 0"),
     ("eval_inner_steps", (1, -2), "config.eval_inner_steps"),
     ("nan_policy", "ignore", "config.nan_policy"),
+    ("steps_per_call", 0, "config.steps_per_call must be a positive int"),
+    ("steps_per_call", 3, r"config.steps_per_call \(3\) must divide config.log_every"),
 ])
 def test_config_errors_name_the_field(field, value, match):
   c = config_lib.get_config()

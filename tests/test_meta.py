@@ -211,6 +211,29 @@ def test_jit_and_no_jit_steps_agree():
   chex.assert_trees_all_close(out[0], out[1], rtol=1e-5, atol=1e-6)
 
 
+def test_run_is_the_same_as_that_many_steps_with_metrics_stacked():
+  family, _, params, loss_fn = small_problem()
+  learner = mj.meta_learner(loss_fn, optax.adam(1e-2), inner_steps=1, inner_lr=0.05,
+                            meta_batch_size=3, sample=family.sample)
+  state = learner.init(params, key=jax.random.key(7))
+  losses = []
+  for _ in range(3):
+    state, metrics = learner.step(state)
+    losses.append(metrics["loss"])
+  scanned, stacked = learner.run(learner.init(params, key=jax.random.key(7)), 3)
+  assert int(scanned.step) == 3 and stacked["loss"].shape == (3,)
+  assert len(set(np.asarray(losses).tolist())) == 3  # each step drew its own tasks
+  np.testing.assert_allclose(stacked["loss"], losses, rtol=1e-5)
+  chex.assert_trees_all_close(scanned.params, state.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(scanned.opt_state, state.opt_state, rtol=1e-5, atol=1e-6)
+  for bad in (0, -1, 2.0, True):
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+      learner.run(scanned, bad)
+  no_sampler = mj.meta_learner(loss_fn, optax.adam(1e-2), meta_batch_size=3)
+  with pytest.raises(ValueError, match="samples its own tasks"):
+    no_sampler.run(no_sampler.init(params, key=jax.random.key(0)), 2)
+
+
 def test_the_jitted_meta_step_traces_once_over_many_steps():
   family, _, params, loss_fn = small_problem()
   traces = []

@@ -23,6 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.nan_policy = "stop"         # "stop": raise at the log step; "skip": skip non-finite updates
   c.nan_max_skips = 10          # with "skip": give up after this many non-finite updates in a row
   c.progress = True
+  # Meta-steps per jitted call (learner.run: a lax.scan over steps). XLA then allocates its
+  # temporaries once per call; on the CPU with glibc's malloc that saves most page faults
+  # (Omniglot MAML: 1.40 -> 1.12 s per step at 4). Must divide log_every and checkpoint_every.
+  c.steps_per_call = 1
   return c
 
 

@@ -112,6 +112,8 @@ class MetaLearner(NamedTuple):
 
   init(params, *, key) -> MetaState
   step(state[, tasks]) -> (state, metrics)      jitted, state donated
+  run(state, num_steps) -> (state, metrics)     num_steps steps in one jitted lax.scan, tasks
+                                                sampled on the device; metrics stacked [num_steps]
   adapt(params, support, steps=None, eval_fn=None) -> (adapted, aux)   one task
   task_loss(params, episode) -> (query loss, aux)                       one task
   """
@@ -125,6 +127,7 @@ class MetaLearner(NamedTuple):
   algorithm: Algorithm
   inner_steps: int
   inner_lr: float
+  run: Optional[Callable[..., tuple[MetaState, dict]]] = None
 
 
 def _check_positive(name, value, allow_zero=False):
@@ -274,9 +277,26 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     new_state = MetaState(state.step + 1, {**frozen, **outer_params}, opt_state, state.key)
     return new_state, metrics
 
+  def run(state: MetaState, num_steps: int):
+    # One executable for many steps: XLA allocates its temporaries once per call, not once per
+    # step. On the CPU, with glibc's malloc, per-step allocation page-faults in every
+    # temporary afresh (1.3 M faults per Omniglot step with 15 queries per class);
+    # benchmarks/omniglot_speed_notes.md row 20 has the figures.
+    return jax.lax.scan(lambda carry, _: step(carry), state, None, length=num_steps)
+
   if sample is not None:
     check_episode_shapes(jax.eval_shape(sample, jax.random.key(0)), "sample(key)")
   compiled = jax.jit(step, donate_argnums=(0,) if donate else ()) if jit else step
+  compiled_run = (jax.jit(run, static_argnums=(1,), donate_argnums=(0,) if donate else ())
+                  if jit else run)
+
+  def checked_run(state: MetaState, num_steps: int):
+    if sample is None:
+      raise ValueError("run(state, num_steps) samples its own tasks: build the learner with "
+                       "`sample`, or call step(state, tasks) once per meta-batch")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+      raise ValueError(f"run: num_steps must be a positive int, got {num_steps!r}")
+    return compiled_run(state, num_steps)
 
   def checked_step(state: MetaState, tasks: Optional[types.Episode] = None):
     if tasks is not None:  # shapes are static: checked in Python before any tracing
@@ -285,4 +305,4 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     return compiled(state)
 
   return MetaLearner(init, checked_step, adapt_task, task_loss, loss_fn, task_repr, algo,
-                     inner_steps, inner_lr)
+                     inner_steps, inner_lr, checked_run)
