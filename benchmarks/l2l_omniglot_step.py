@@ -11,9 +11,7 @@ numpy from the same data (task sampling is included in the timed step, as it is 
 """
 
 import argparse
-import importlib.util
 import json
-import os
 import time
 
 import numpy as np
@@ -39,16 +37,7 @@ def main():
   parser.add_argument("--ways", type=int, default=5)
   parser.add_argument("--shots", type=int, default=1)
   parser.add_argument("--queries", type=int, default=1)
-  parser.add_argument("--retain_host_memory", action="store_true",
-                      help="the same malloc settings as mtpjax.retain_host_memory")
   args = parser.parse_args()
-  if args.retain_host_memory:  # by file path: this environment has torch, not jax or mtpjax
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mtpjax", "_src",
-                        "hostmem.py")
-    spec = importlib.util.spec_from_file_location("hostmem", path)
-    hostmem = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hostmem)
-    hostmem.retain_host_memory()
   torch.manual_seed(0)
   rng = np.random.default_rng(0)
   data = torch.from_numpy(np.load(args.data).astype(np.float32) / 255.0)  # [C, 20, 28, 28]

@@ -11,14 +11,14 @@ their ratio.
 
   python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
       [--queries 1] [--rounds 3] [--steps 5] [--steps_per_call 1] [--conv_impl auto] \
-      [--retain_host_memory] [--out DIR]
+      [--out DIR]
 
 --steps_per_call K > 1 times mtpjax's `learner.run(state, K)` (K meta-steps in one jitted
 scan, so XLA allocates its temporaries once per call), divided by K; --steps is then the number
 of calls per round. The reported compile time is the first call less K median steps.
 
-Without --peer_python only mtpjax is timed. With --retain_host_memory both sides run with
-mtpjax.retain_host_memory's malloc settings (freed host memory is kept for reuse).
+Without --peer_python only mtpjax is timed. To compare allocators, preload one for both sides:
+the peer subprocess inherits LD_PRELOAD.
 """
 
 import argparse
@@ -72,8 +72,6 @@ def time_steps(learner, state, calls, steps_per_call):
 def time_peer(peer_python, data_file, args):
   cmd = [peer_python, "-m", "benchmarks.l2l_omniglot_step", "--data", data_file,
          "--steps", str(args.steps), "--tasks", str(args.tasks), "--queries", str(args.queries)]
-  if args.retain_host_memory:
-    cmd.append("--retain_host_memory")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
   if out.returncode:
@@ -92,14 +90,10 @@ def main():
                       help="mtpjax meta-steps per jitted call (learner.run); 1: learner.step")
   parser.add_argument("--conv_impl", default="auto")
   parser.add_argument("--data", default=None, help="omniglot28.npz (default: the shared data)")
-  parser.add_argument("--retain_host_memory", action="store_true",
-                      help="mtpjax.retain_host_memory's malloc settings on both sides")
   parser.add_argument("--out", default="runs/speed")
   args = parser.parse_args()
   if args.steps_per_call < 1:
     parser.error(f"--steps_per_call must be >= 1, got {args.steps_per_call}")
-  if args.retain_host_memory:  # before the first JAX computation
-    mj.retain_host_memory()
 
   data = mj.tasks.omniglot.load_npz(args.data)["images"][:1200]  # meta-training characters
   learner, state = mtpjax_learner(data, tasks=args.tasks, queries=args.queries,
@@ -110,7 +104,7 @@ def main():
   first_call_s = time.perf_counter() - start
   print(f"mtpjax: compile + first call ({args.steps_per_call} meta-step(s)) {first_call_s:.1f} s "
         f"(backend {jax.default_backend()}, conv_impl {args.conv_impl}, "
-        f"{'retained host memory' if args.retain_host_memory else 'system malloc'})", flush=True)
+        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r})", flush=True)
 
   ours, peer = [], []
   faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # this process: mtpjax only
@@ -147,8 +141,7 @@ def main():
   print(summary)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, (f"omniglot_speed_q{args.queries}_{args.conv_impl}"
-                                f"_k{args.steps_per_call}"
-                                f"{'_retain' if args.retain_host_memory else ''}.json"))
+                                f"_k{args.steps_per_call}.json"))
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {path}")

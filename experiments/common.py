@@ -331,16 +331,11 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
                       required=True)
   flags.DEFINE_bool("allow_config_change", False,
                     "resume a checkpoint even though its config differs from this one")
-  flags.DEFINE_bool("retain_host_memory", False,
-                    "keep freed host memory for reuse (mtpjax.retain_host_memory): faster for "
-                    "small steps on the CPU, much slower for large ones (see its docstring)")
   config_flags.DEFINE_config_dict("config", default_config, "experiment config; override "
                                   "fields with --config.FIELD=VALUE")
 
   def run(argv):
     del argv
-    if flags.FLAGS.retain_host_memory:  # before the first JAX computation
-      mj.retain_host_memory()
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     config = resolve(flags.FLAGS.config)

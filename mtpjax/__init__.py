@@ -11,7 +11,6 @@ from mtpjax._src.adapt import adapt, split_roles
 from mtpjax._src.checkpoint import Checkpointer, CheckpointError, restore_params
 from mtpjax._src.data import split_episode
 from mtpjax._src.evaluate import EvalResult, evaluate, make_evaluator, mean_ci95
-from mtpjax._src.hostmem import retain_host_memory
 from mtpjax._src.losses import accuracy, cross_entropy, mse, supervised, weighted_cross_entropy
 from mtpjax._src.meta import (ALGORITHMS, Algorithm, MetaLearner, MetaState, get_algorithm,
                               meta_learner)

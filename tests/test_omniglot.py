@@ -187,8 +187,9 @@ def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   tiny_npz(tmp_path / "o.npz", n_bg=8, n_ev=4)
   args = dict(data_path=tmp_path / "o.npz", num_train_characters=8, num_steps=2,
-              meta_batch_size=2, eval_tasks=4, log_every=1, filters=8, norm_groups=4,
-              progress=False, algorithm="cavia", context_dim=4)
+              meta_batch_size=2, eval_tasks=4, log_every=2, filters=8, norm_groups=4,
+              progress=False, algorithm="cavia", context_dim=4,
+              steps_per_call=2)  # both steps in one jitted call (learner.run)
   cmd = [sys.executable, "-m", "experiments.omniglot", f"--workdir={tmp_path / 'run'}"] + [
       f"--config.{k}={v}" for k, v in args.items()]
   out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
