@@ -279,10 +279,10 @@ def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation_and_under
     learner = mj.meta_learner(mj.supervised(model.apply, mj.cross_entropy), optax.sgd(0.1),
                               inner_lr=0.4, meta_batch_size=2)
     meta_loss = lambda p: jnp.mean(jax.vmap(lambda e: learner.task_loss(p, e)[0])(tasks))
-    eager, jitted = jax.grad(meta_loss)(params), jax.jit(jax.grad(meta_loss))(params)
-    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
-      np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
-    grads[impl] = eager
+    grads[impl] = jax.jit(jax.grad(meta_loss))(params)
+    if impl == "im2col":  # eager against jit: the max-pool NaN was jit-only (speed notes row 4)
+      for a, b in zip(jax.tree.leaves(jax.grad(meta_loss)(params)), jax.tree.leaves(grads[impl])):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
   for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["im2col"])):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
   with pytest.raises(ValueError, match="conv_impl must be one of"):
