@@ -199,7 +199,7 @@ def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
                "accuracy_vs_inner_steps.png", "episode_predictions.png"):
     assert (run / name).exists(), name
   results = json.loads((run / "results.json").read_text())
-  assert results["num_steps"] == 2 and results["config"]["inner_lr"] == 1.0  # cavia's defaults
+  assert results["num_steps"] == 2 and results["config"]["inner_lr"] == 3.0  # cavia's defaults
   assert results["config"]["inner_steps"] == 2
   settings = {r["setting"] for r in results["rows"]}
   assert settings == {"5-way 1-shot", "5-way 5-shot"}

@@ -17,7 +17,7 @@ Protocol defaults (filled into any field left at None):
 Algorithms: every row of mtpjax.ALGORITHMS, plus "protonet" (prototypes on the Conv4
 features, no inner loop). "cavia" / "prompt_maml" is the context-prompt variant: a
 `context_dim` vector applied as FiLM after conv layer `context_layer`, the only thing adapted
-(cavia: inner lr 1.0, 2 inner steps in training).
+(cavia: inner lr 3.0, 2 inner steps in training).
 """
 
 from ml_collections import config_dict
@@ -32,9 +32,10 @@ WAYS_DEFAULTS = {  # cbfinn/maml's Omniglot settings
 }
 ALGORITHM_DEFAULTS = {
     # The context prompt restarts from zero for every task; a larger step suits it, and 2
-    # inner steps in training (CAVIA's classification set-up): on the shortened CPU protocol
-    # 70.1% 5-way 1-shot against 57.7% with 1 step.
-    "cavia": dict(inner_lr=1.0, context_dim=100, inner_steps=2),
+    # inner steps in training (CAVIA's classification set-up). On the shortened CPU protocol,
+    # 5-way 1-shot: 57.7% with 1 step at lr 1.0 (CAVIA's lr), 70.1% with 2, and 76.9 / 79.5%
+    # (seeds 0 / 1) with 2 steps at lr 3.0.
+    "cavia": dict(inner_lr=3.0, context_dim=100, inner_steps=2),
     "prompt_maml": dict(inner_lr=1.0, context_dim=100),
     "reptile": dict(inner_steps=5, inner_lr=0.1),
     "protonet": dict(inner_steps=0, test_inner_steps=0),
