@@ -127,7 +127,7 @@ class MetaLearner(NamedTuple):
   algorithm: Algorithm
   inner_steps: int
   inner_lr: float
-  run: Optional[Callable[..., tuple[MetaState, dict]]] = None
+  run: Callable[..., tuple[MetaState, dict]]
 
 
 def _check_positive(name, value, allow_zero=False):
