@@ -226,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
           if bad:
             raise NonFiniteError(nan_message(step, " and ".join(bad)))
         bar.set_postfix(loss=f"{row['loss']:.4f}")
-        bar.update(sum(len(m["loss"]) for m in host))
+        bar.update(step - bar.n)
         window, t_log, window_steps = [], now, 0
       if step % config.checkpoint_every == 0 or step == num_steps:
         jax.block_until_ready(state)
