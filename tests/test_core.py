@@ -267,6 +267,58 @@ def test_group_norm_matches_flax_group_norm():
   np.testing.assert_allclose(nets.group_norm(x, scale, bias, 4), want, rtol=1e-4, atol=1e-4)
 
 
+def test_affine_max_pool_is_the_pool_of_the_affine_map_at_first_and_second_order():
+  from mtpjax._src import nets
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 4), jnp.float64)
+    x = x.at[:, :4, :4, :].set(0.3)       # tied windows: one winner each, in both forms
+    mult = jnp.array([[1.5, -0.5, 0.25, -2.0], [0.2, 1.0, -1.0, 3.0]], jnp.float64)
+    shift = jnp.arange(8.0, dtype=jnp.float64).reshape(2, 4) / 8
+    fused = lambda x, m, b: nets.affine_max_pool_2x2(x, m, b)
+    plain = lambda x, m, b: nets.max_pool_2x2(x * m[:, None, None] + b[:, None, None])
+    np.testing.assert_allclose(fused(x, mult, shift), plain(x, mult, shift), rtol=1e-12)
+    for f in (fused, plain):
+      assert f(x, mult, shift).shape == (2, 3, 3, 4)
+
+    def second_order(f):
+      first = jax.grad(lambda *a: jnp.sum(jnp.sin(jax.nn.relu(f(*a)))), (0, 1, 2))
+      return jax.grad(lambda *a: sum(jnp.sum(jnp.cos(g)) for g in first(*a)), (0, 1, 2))
+
+    for order in (lambda f: jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), (0, 1, 2)),
+                  second_order):
+      for a, b in zip(jax.jit(order(fused))(x, mult, shift),
+                      jax.jit(order(plain))(x, mult, shift)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_conv4_is_conv_groupnorm_film_relu_maxpool_with_and_without_a_context():
+  import flax.linen as nn
+  from mtpjax._src import nets
+  x = jax.random.uniform(jax.random.key(0), (3, 16, 16))
+  context = jax.random.normal(jax.random.key(1), (5,))
+  for context_layer in (0, 2):
+    net = mj.conv4(filters=8, groups=4, context_dim=5, context_layer=context_layer,
+                   image_size=16)
+    params = net.init(jax.random.key(2), x)
+    # FiLM weights large enough that 1 + gamma is negative for some channels
+    params["film"] = jax.tree.map(lambda a: 3.0 * jax.random.normal(jax.random.key(3), a.shape),
+                                  params["film"])
+    gamma, beta = jnp.split(context @ params["film"]["kernel"] + params["film"]["bias"], 2)
+    assert bool(jnp.any(1.0 + gamma < 0))
+    for ctx in (context, None):
+      h = x[..., None]
+      for i in range(4):
+        conv = params[f"conv_{i}"]
+        h = nets.conv3x3(h, conv["kernel"], "xla") + conv["bias"][None, None, None]
+        norm = params[f"norm_{i}"]
+        h = nn.GroupNorm(num_groups=4, epsilon=1e-5).apply({"params": norm}, h)
+        if ctx is not None and i == context_layer:
+          h = h * (1.0 + gamma)[None, None, None] + beta[None, None, None]
+        h = nn.max_pool(nn.relu(h), (2, 2), strides=(2, 2))
+      np.testing.assert_allclose(net.apply(params, x, ctx), h.reshape(3, -1),
+                                 rtol=1e-4, atol=1e-5)
+
+
 def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation_and_under_jit():
   data = jax.random.uniform(jax.random.key(0), (8, 4, 16, 16))
   family = mj.tasks.classification.episodes(data, ways=3, shots=1, queries=1)
@@ -286,4 +338,4 @@ def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation_and_under
   for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["im2col"])):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
   with pytest.raises(ValueError, match="conv_impl must be one of"):
-    mj.conv4(conv_impl="winograd")
+    mj.conv4(conv_impl="fft")
