@@ -6,15 +6,15 @@ Adam 1e-3, Q query images per class (1 by default: MAML's training protocol).
 
 learn2learn runs in its own PyTorch environment (not a dependency of mtpjax), as a subprocess
 (benchmarks/l2l_omniglot_step.py); the two alternate for --rounds rounds so that load drifts
-hit both. Reported: compile time (first call), the median seconds per meta-step of each, and
-their ratio.
+hit both. Reported: mtpjax's compile time, the median seconds per meta-step of each, and their
+ratio.
 
   python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
       [--queries 1] [--rounds 3] [--steps 5] [--steps_per_call 1] [--conv_impl auto] \
       [--out DIR]
 
---steps_per_call K > 1 times mtpjax's `learner.run(state, K)` (K meta-steps in one jitted
-scan, so XLA allocates its temporaries once per call), divided by K; --steps is then the number
+--steps_per_call K times mtpjax's `learner.run(state, K)` (K > 1: K meta-steps in one jitted
+scan, so XLA allocates its temporaries once per call; 1: the jitted step), divided by K; --steps is then the number
 of calls per round. The reported compile time is what JAX records for tracing, lowering and
 XLA's compilation (jax.monitoring events), not the first call, which also runs K steps.
 
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.common import compile_timer
 import mtpjax as mj
 
 WAYS, SHOTS, INNER_LR, OUTER_LR = 5, 1, 0.4, 1e-3
@@ -53,36 +54,12 @@ def mtpjax_learner(data, *, tasks, queries, conv_impl):
   return learner, learner.init(params, key=jax.random.key(1))
 
 
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
-
-
-def compile_timer():
-  """A dict whose "seconds" sums JAX's trace, lowering and compile durations from now on."""
-  total = {"seconds": 0.0}
-
-  def listener(event, duration, **kwargs):
-    del kwargs
-    if event in COMPILE_EVENTS:
-      total["seconds"] += duration
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  return total
-
-
-def call(learner, state, steps_per_call):
-  if steps_per_call == 1:
-    return learner.step(state)
-  return learner.run(state, steps_per_call)
-
-
 def time_steps(learner, state, calls, steps_per_call):
   """Seconds per meta-step of `calls` calls, each of `steps_per_call` meta-steps."""
   times = []
   for _ in range(calls):
     start = time.perf_counter()
-    state, metrics = call(learner, state, steps_per_call)
+    state, metrics = learner.run(state, steps_per_call)
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - start) / steps_per_call)
   return state, times
@@ -106,7 +83,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--steps_per_call", type=int, default=1,
-                      help="mtpjax meta-steps per jitted call (learner.run); 1: learner.step")
+                      help="mtpjax meta-steps per jitted call (learner.run; 1 is the plain step)")
   parser.add_argument("--conv_impl", default="auto")
   parser.add_argument("--data", default=None, help="omniglot28.npz (default: the shared data)")
   parser.add_argument("--out", default="runs/speed")
@@ -117,11 +94,11 @@ def main():
   data = mj.tasks.omniglot.load_npz(args.data)["images"][:1200]  # meta-training characters
   learner, state = mtpjax_learner(data, tasks=args.tasks, queries=args.queries,
                                   conv_impl=args.conv_impl)
-  compiled = compile_timer()
-  start = time.perf_counter()
-  state, metrics = call(learner, state, args.steps_per_call)
-  jax.block_until_ready(metrics)
-  first_call_s = time.perf_counter() - start
+  with compile_timer() as compiled:
+    start = time.perf_counter()
+    state, metrics = learner.run(state, args.steps_per_call)
+    jax.block_until_ready(metrics)
+    first_call_s = time.perf_counter() - start
   print(f"mtpjax: compile + first call ({args.steps_per_call} meta-step(s)) {first_call_s:.1f} s "
         f"(backend {jax.default_backend()}, conv_impl {args.conv_impl}, "
         f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r})", flush=True)

@@ -50,9 +50,10 @@ def test_script_end_to_end_writes_every_artifact(tmp_path):
     assert os.path.exists(tmp_path / name), name
   results = json.loads((tmp_path / "results.json").read_text())
   for field in ("benchmark", "algorithm", "config", "num_steps", "meta_steps_per_sec",
-                "wall_seconds", "backend", "jax_version", "rows"):
+                "compile_seconds", "wall_seconds", "backend", "jax_version", "rows"):
     assert field in results
   assert results["algorithm"] == "cavia" and results["num_steps"] == 40
+  assert 0 < results["compile_seconds"] < results["wall_seconds"]  # JAX's compile events
   assert results["config"]["inner_lr"] == 1.0 and results["config"]["context_dim"] == 5  # resolved
   assert {r["inner_steps"] for r in results["rows"]} == {0, 1, 3}
   assert all(r["episodes"] == 20 and r["ci95"] > 0 for r in results["rows"])

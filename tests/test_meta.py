@@ -226,6 +226,9 @@ def test_run_is_the_same_as_that_many_steps_with_metrics_stacked():
   np.testing.assert_allclose(stacked["loss"], losses, rtol=1e-5)
   chex.assert_trees_all_close(scanned.params, state.params, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(scanned.opt_state, state.opt_state, rtol=1e-5, atol=1e-6)
+  one, metrics = learner.run(learner.init(params, key=jax.random.key(7)), 1)  # step's program
+  assert int(one.step) == 1 and metrics["loss"].shape == (1,)
+  np.testing.assert_allclose(metrics["loss"][0], losses[0], rtol=1e-5)
   for bad in (0, -1, 2.0, True):
     with pytest.raises(ValueError, match="num_steps must be a positive int"):
       learner.run(scanned, bad)

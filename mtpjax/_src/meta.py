@@ -114,6 +114,7 @@ class MetaLearner(NamedTuple):
   step(state[, tasks]) -> (state, metrics)      jitted, state donated
   run(state, num_steps) -> (state, metrics)     num_steps steps in one jitted lax.scan, tasks
                                                 sampled on the device; metrics stacked [num_steps]
+                                                (num_steps=1 calls step: one executable)
   adapt(params, support, steps=None, eval_fn=None) -> (adapted, aux)   one task
   task_loss(params, episode) -> (query loss, aux)                       one task
   """
@@ -296,6 +297,9 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
                        "`sample`, or call step(state, tasks) once per meta-batch")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
       raise ValueError(f"run: num_steps must be a positive int, got {num_steps!r}")
+    if num_steps == 1:  # the step's own executable, not a scan of length 1
+      state, metrics = compiled(state)
+      return state, jax.tree.map(lambda m: m[None], metrics)
     return compiled_run(state, num_steps)
 
   def checked_step(state: MetaState, tasks: Optional[types.Episode] = None):
