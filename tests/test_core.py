@@ -291,14 +291,28 @@ def test_affine_max_pool_is_the_pool_of_the_affine_map_at_first_and_second_order
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_conv4_is_conv_groupnorm_film_relu_maxpool_with_and_without_a_context():
+@pytest.mark.parametrize("norm", ["group", "layer", "batch_transductive", "none"])
+def test_conv4_is_conv_norm_film_relu_maxpool_with_and_without_a_context(norm):
   import flax.linen as nn
   from mtpjax._src import nets
   x = jax.random.uniform(jax.random.key(0), (3, 16, 16))
   context = jax.random.normal(jax.random.key(1), (5,))
+
+  def normalise(h, i, params):  # each norm as written by flax or by hand, at full resolution
+    if norm == "group":
+      return nn.GroupNorm(num_groups=4, epsilon=1e-5).apply({"params": params[f"norm_{i}"]}, h)
+    if norm == "layer":
+      return nn.LayerNorm(reduction_axes=(-3, -2, -1)).apply({"params": params[f"norm_{i}"]}, h)
+    if norm == "batch_transductive":
+      h = (h - h.mean(axis=(0, 1, 2))[None, None, None]) / jnp.sqrt(
+          h.var(axis=(0, 1, 2))[None, None, None] + 1e-5)
+      return (h * params[f"norm_{i}_scale"][None, None, None]
+              + params[f"norm_{i}_bias"][None, None, None])
+    return h
+
   for context_layer in (0, 2):
     net = mj.conv4(filters=8, groups=4, context_dim=5, context_layer=context_layer,
-                   image_size=16)
+                   image_size=16, norm=norm)
     params = net.init(jax.random.key(2), x)
     # FiLM weights large enough that 1 + gamma is negative for some channels
     params["film"] = jax.tree.map(lambda a: 3.0 * jax.random.normal(jax.random.key(3), a.shape),
@@ -310,8 +324,7 @@ def test_conv4_is_conv_groupnorm_film_relu_maxpool_with_and_without_a_context():
       for i in range(4):
         conv = params[f"conv_{i}"]
         h = nets.conv3x3(h, conv["kernel"], "xla") + conv["bias"][None, None, None]
-        norm = params[f"norm_{i}"]
-        h = nn.GroupNorm(num_groups=4, epsilon=1e-5).apply({"params": norm}, h)
+        h = normalise(h, i, params)
         if ctx is not None and i == context_layer:
           h = h * (1.0 + gamma)[None, None, None] + beta[None, None, None]
         h = nn.max_pool(nn.relu(h), (2, 2), strides=(2, 2))

@@ -240,6 +240,21 @@ class _GroupNormCoefficients(nn.Module):
     return group_norm_coefficients(x, scale, bias, self.groups)
 
 
+class _LayerNormCoefficients(nn.Module):
+  """nn.LayerNorm(reduction_axes=(-3, -2, -1)) over [n, H, W, C] (its parameters, eps and fast
+  variance) as a per-example, per-channel affine map: (mult, shift) [n, C]."""
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    mean = jnp.mean(x, axis=(1, 2, 3))[:, None]                     # [n, 1]
+    var = jnp.maximum(jnp.mean(x * x, axis=(1, 2, 3))[:, None] - mean * mean, 0.0)
+    mult = jax.lax.rsqrt(var + 1e-6) * scale[None, :]
+    return mult, bias[None, :] - mean * mult
+
+
 class _Conv3x3(nn.Module):
   """nn.Conv(features, (3, 3), padding="SAME") with a choice of implementation (same params)."""
 
@@ -259,8 +274,9 @@ class _Conv4(nn.Module):
   """4 x [3x3 conv, normalisation, ReLU, 2x2 max-pool] (Vinyals et al.; MAML's Omniglot net).
 
   ReLU and max-pool commute, so the pool runs first (4x fewer ReLUs); the result is the same.
-  With GroupNorm, the normalisation (and FiLM, at the context layer) is a per-channel affine
-  map and runs after the pool too (affine_max_pool_2x2), again the same function.
+  Every normalisation here (and FiLM, at the context layer) is a per-example, per-channel
+  affine map once its statistics are known, so it runs after the pool too
+  (affine_max_pool_2x2), again the same function on a quarter of the elements.
   """
 
   filters: int
@@ -279,30 +295,34 @@ class _Conv4(nn.Module):
       film = context is not None and self.context_mode == "film" and i == self.context_layer
       if film:
         gamma, beta = jnp.split(nn.Dense(2 * self.filters, name="film")(context), 2, axis=-1)
-      if self.norm == "group":      # statistics per example: nothing leaks across examples
-        mult, shift = _GroupNormCoefficients(self.groups, name=f"norm_{i}")(x)
-        if film:                    # FiLM is one more per-channel affine map: fold it in
-          gamma, beta = (jnp.broadcast_to(a, mult.shape) for a in (gamma, beta))
-          mult, shift = mult * (1.0 + gamma), shift * (1.0 + gamma) + beta
-        x = affine_max_pool_2x2(x, mult, shift)
+      if self.norm == "none":
+        mult, shift = jnp.ones((x.shape[0], self.filters), x.dtype), None
       else:
-        if self.norm == "layer":
-          x = nn.LayerNorm(reduction_axes=(-3, -2, -1), name=f"norm_{i}")(x)
-        elif self.norm == "batch_transductive":
-          # MAML's mode: statistics of the batch in hand (support or query set of one task),
-          # never running averages; examples of a set influence each other's features.
-          mean = jnp.mean(x, axis=(0, 1, 2))
-          var = jnp.var(x, axis=(0, 1, 2))
-          x = (x - jnp.broadcast_to(mean, x.shape)) * jax.lax.rsqrt(
-              jnp.broadcast_to(var, x.shape) + 1e-5)
-          scale = self.param(f"norm_{i}_scale", nn.initializers.ones, (self.filters,))
-          bias = self.param(f"norm_{i}_bias", nn.initializers.zeros, (self.filters,))
-          x = x * jnp.broadcast_to(scale, x.shape) + jnp.broadcast_to(bias, x.shape)
-        if film:
-          x = x * (1.0 + jnp.broadcast_to(gamma, x.shape)) + jnp.broadcast_to(beta, x.shape)
-        x = max_pool_2x2(x)
+        mult, shift = self._norm_coefficients(i, x)
+      if film:                      # FiLM is one more per-channel affine map: fold it in
+        gamma, beta = (jnp.broadcast_to(a, mult.shape) for a in (gamma, beta))
+        mult = mult * (1.0 + gamma)
+        shift = beta if shift is None else shift * (1.0 + gamma) + beta
+      x = max_pool_2x2(x) if shift is None else affine_max_pool_2x2(x, mult, shift)
       x = nn.relu(x)
     return x.reshape(x.shape[0], -1)
+
+  def _norm_coefficients(self, i, x):
+    """Normalisation i as a per-example, per-channel affine map of x: (mult, shift) [n, C]."""
+    if self.norm == "group":        # statistics per example: nothing leaks across examples
+      return _GroupNormCoefficients(self.groups, name=f"norm_{i}")(x)
+    if self.norm == "layer":
+      return _LayerNormCoefficients(name=f"norm_{i}")(x)
+    # "batch_transductive", MAML's mode: statistics of the batch in hand (support or query set
+    # of one task), never running averages; examples of a set influence each other's features.
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.var(x, axis=(0, 1, 2))
+    scale = self.param(f"norm_{i}_scale", nn.initializers.ones, (self.filters,))
+    bias = self.param(f"norm_{i}_bias", nn.initializers.zeros, (self.filters,))
+    mult = jax.lax.rsqrt(var + 1e-5) * scale
+    shift = bias - mean * mult
+    return (jnp.broadcast_to(mult, (x.shape[0], self.filters)),
+            jnp.broadcast_to(shift, (x.shape[0], self.filters)))
 
 
 def conv4(*, filters: int = 64, norm: str = "group", groups: int = 32, context_dim: int = 0,
