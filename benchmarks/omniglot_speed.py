@@ -14,8 +14,8 @@ ratio.
       [--out DIR]
 
 --steps_per_call K times mtpjax's `learner.run(state, K)` (K > 1: K meta-steps in one jitted
-scan, so XLA allocates its temporaries once per call; 1: the jitted step), divided by K; --steps is then the number
-of calls per round. The reported compile time is what JAX records for tracing, lowering and
+scan, so XLA allocates its temporaries once per call; 1: the jitted step), divided by K;
+--steps is then the number of calls per round. The reported compile time is what JAX records for tracing, lowering and
 XLA's compilation (jax.monitoring events), not the first call, which also runs K steps.
 
 Without --peer_python only mtpjax is timed. To compare allocators, preload one for both sides:

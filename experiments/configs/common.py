@@ -25,8 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress = True
   # Meta-steps per jitted call (learner.run: a lax.scan over steps). XLA then allocates its
   # temporaries once per call; on the CPU with glibc's malloc that saves most page faults
-  # (Omniglot MAML: 1.33 -> 1.14 s per step at 4; `python -m benchmarks.omniglot_speed
-  # --steps_per_call 4`). Must divide log_every and checkpoint_every.
+  # (Omniglot MAML, before Conv4 normalised after the pool: 1.33 -> 1.14 s per step at 4;
+  # `python -m benchmarks.omniglot_speed --steps_per_call 4`). Must divide log_every and
+  # checkpoint_every.
   c.steps_per_call = 1
   return c
 

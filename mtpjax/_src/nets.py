@@ -180,7 +180,7 @@ def group_norm_coefficients(x: types.Array, scale: types.Array, bias: types.Arra
                             eps: float = 1e-5) -> tuple[types.Array, types.Array]:
   """GroupNorm over [n, H, W, C] as a per-example, per-channel affine map: (mult, shift) [n, C].
 
-  group_norm(x) = x * mult + shift. Same function as nn.GroupNorm (with this eps), computed
+  GroupNorm(x) = x * mult + shift. Same function as nn.GroupNorm (with this eps), computed
   for the CPU's sake:
   - statistics go through per-channel sums [n, C], so every full-size pass keeps the channels
     as the minor axis (nn.GroupNorm reshapes to [..., groups, C // groups]; a minor axis of 2
@@ -201,13 +201,6 @@ def group_norm_coefficients(x: types.Array, scale: types.Array, bias: types.Arra
   mult = jax.lax.rsqrt(var + eps) * scale[None, :]                  # [n, C]
   shift = bias[None, :] - mean * mult                               # [n, C]
   return mult, shift
-
-
-def group_norm(x: types.Array, scale: types.Array, bias: types.Array, groups: int,
-               eps: float = 1e-5) -> types.Array:
-  """GroupNorm over [n, H, W, C] (statistics per example and group of channels)."""
-  mult, shift = group_norm_coefficients(x, scale, bias, groups, eps)
-  return x * mult[:, None, None, :] + shift[:, None, None, :]
 
 
 def affine_max_pool_2x2(x: types.Array, mult: types.Array, shift: types.Array) -> types.Array:
@@ -295,15 +288,12 @@ class _Conv4(nn.Module):
       film = context is not None and self.context_mode == "film" and i == self.context_layer
       if film:
         gamma, beta = jnp.split(nn.Dense(2 * self.filters, name="film")(context), 2, axis=-1)
-      if self.norm == "none":
-        mult, shift = jnp.ones((x.shape[0], self.filters), x.dtype), None
-      else:
-        mult, shift = self._norm_coefficients(i, x)
+      mult, shift = (None, None) if self.norm == "none" else self._norm_coefficients(i, x)
       if film:                      # FiLM is one more per-channel affine map: fold it in
-        gamma, beta = (jnp.broadcast_to(a, mult.shape) for a in (gamma, beta))
-        mult = mult * (1.0 + gamma)
+        gamma, beta = (jnp.broadcast_to(a, (x.shape[0], self.filters)) for a in (gamma, beta))
+        mult = 1.0 + gamma if mult is None else mult * (1.0 + gamma)
         shift = beta if shift is None else shift * (1.0 + gamma) + beta
-      x = max_pool_2x2(x) if shift is None else affine_max_pool_2x2(x, mult, shift)
+      x = max_pool_2x2(x) if mult is None else affine_max_pool_2x2(x, mult, shift)
       x = nn.relu(x)
     return x.reshape(x.shape[0], -1)
 
