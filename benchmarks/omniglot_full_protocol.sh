@@ -6,7 +6,8 @@
 #   bash benchmarks/omniglot_full_protocol.sh [runs...]
 #   python -m benchmarks.omniglot_table runs/omniglot_full
 # runs (default: all, in this order):
-#   speed        the MAML meta-step with each conv_impl (xla, im2col), mtpjax alone
+#   speed        the MAML meta-step with each conv_impl (xla, im2col), mtpjax alone (for an
+#                accelerator: on a CPU, conv_impl xla takes ~22 s per meta-step)
 #   maml_5w1s maml_5w5s maml_20w1s maml_20w5s                  one model per setting
 #   fomaml_5w1s metasgd_5w1s anil_5w1s protonet_5w1s cavia_5w1s  5-way 1-shot models
 # Every run checkpoints each 1,000 meta-steps and resumes from its last checkpoint when the
