@@ -9,6 +9,8 @@
 #   speed        the MAML meta-step with each conv_impl (xla, im2col), mtpjax alone (for an
 #                accelerator: on a CPU, conv_impl xla takes ~22 s per meta-step)
 #   maml_5w1s maml_5w5s maml_20w1s maml_20w5s                  one model per setting
+#   maml_bn_5w1s   MAML 5-way 1-shot with the paper's transductive batch norm (NAME_bn_...:
+#                  --config.norm=batch_transductive); the library's default is GroupNorm
 #   fomaml_5w1s metasgd_5w1s anil_5w1s protonet_5w1s cavia_5w1s  5-way 1-shot models
 # Every run checkpoints each 1,000 meta-steps and resumes from its last checkpoint when the
 # same command is run again, so a run cut off by a time limit loses at most 1,000 steps:
@@ -24,7 +26,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 RUNS=${RUNS:-runs/omniglot_full}
 K=${STEPS_PER_CALL:-10}
-ALL="speed maml_5w1s maml_5w5s maml_20w1s maml_20w5s fomaml_5w1s metasgd_5w1s anil_5w1s
+ALL="speed maml_5w1s maml_bn_5w1s maml_5w5s maml_20w1s maml_20w5s fomaml_5w1s metasgd_5w1s anil_5w1s
      protonet_5w1s cavia_5w1s"
 mkdir -p "$RUNS"
 for run in ${*:-$ALL}; do
@@ -41,6 +43,7 @@ for run in ${*:-$ALL}; do
   fi
   algo=${BASH_REMATCH[1]} ways=${BASH_REMATCH[2]} shots=${BASH_REMATCH[3]}
   extra=()
+  if [[ "$algo" == *_bn ]]; then algo=${algo%_bn}; extra+=(--config.norm=batch_transductive); fi
   if [ -n "${STEPS:-}" ]; then extra+=(--config.num_steps="$STEPS"); fi
   if [ -n "${EVAL_TASKS:-}" ]; then extra+=(--config.eval_tasks="$EVAL_TASKS"); fi
   echo "== $run: $(date -u +%FT%TZ)"

@@ -63,6 +63,8 @@ def main(runs="runs/omniglot_cpu"):
     published = PUBLISHED.get(r["algorithm"], {})
     if c.get("zero_head"):  # a variant of the published algorithm, not the published set-up
       label, published = label + ", zero head (zeroing trick)", {}
+    if c.get("norm", "group") != "group":
+      label += f", norm={c['norm']}"
     line = f"| {label} | {r['num_steps']:,} x {c['meta_batch_size']} |"
     for s in settings:
       one = "-" if r["algorithm"] == "protonet" else cell(r["rows"], s, 1)
