@@ -38,7 +38,7 @@ for run in ${*:-$ALL}; do
     continue
   fi
   if [[ ! "$run" =~ ^([a-z_]+)_([0-9]+)w([0-9]+)s$ ]]; then
-    echo "unknown run '$run' (expected speed or ALGORITHM_{5,20}w{1,5}s)" >&2
+    echo "unknown run '$run' (expected speed or ALGORITHM[_bn]_{5,20}w{1,5}s)" >&2
     exit 2
   fi
   algo=${BASH_REMATCH[1]} ways=${BASH_REMATCH[2]} shots=${BASH_REMATCH[3]}
