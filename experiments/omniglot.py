@@ -135,9 +135,11 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  # The run's name in titles; a norm other than the default is part of it (as in the table).
+  name = config.algorithm + ("" if config.norm == "group" else f", norm={config.norm}")
   paths = common.plot_training_curve(
       workdir, history, metric="cross-entropy",
-      title=f"Omniglot {config.ways}-way {config.shots}-shot, {config.algorithm}")
+      title=f"Omniglot {config.ways}-way {config.shots}-shot, {name}")
   # 2. Accuracy against inner steps, one line per test setting, with the 95% interval.
   fig, ax = plt.subplots(figsize=(6, 4))
   for setting, res in results.items():
@@ -147,7 +149,7 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
     ax.set_xticks(xs)
   ax.set(xlabel="inner gradient steps" if not protonet else "(ProtoNet: no inner steps)",
          ylabel="test accuracy (%)",
-         title=f"{config.algorithm}: {config.eval_tasks} test episodes per setting, 95% CI")
+         title=f"{name}\n{config.eval_tasks} test episodes per setting, 95% CI")
   ax.legend()
   paths.append(common.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
 
@@ -180,7 +182,7 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
       ax.imshow(img, cmap="gray_r")
       ax.set_title(f"pred {p}", fontsize=7, color="green" if p == c else "red")
   acc = float(np.mean(pred == qy))
-  fig.suptitle(f"{config.algorithm}, {ways}-way {shots}-shot, {steps} inner steps: support "
+  fig.suptitle(f"{name}, {ways}-way {shots}-shot, {steps} inner steps: support "
                f"(left) and queries with predictions (right); episode accuracy {100 * acc:.0f}%",
                fontsize=8)
   paths.append(common.save_figure(fig, workdir, "episode_predictions.png"))
