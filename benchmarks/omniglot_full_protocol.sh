@@ -26,8 +26,8 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 RUNS=${RUNS:-runs/omniglot_full}
 K=${STEPS_PER_CALL:-10}
-ALL="speed maml_5w1s maml_bn_5w1s maml_5w5s maml_20w1s maml_20w5s fomaml_5w1s metasgd_5w1s anil_5w1s
-     protonet_5w1s cavia_5w1s"
+ALL="speed maml_5w1s maml_bn_5w1s maml_5w5s maml_20w1s maml_20w5s fomaml_5w1s metasgd_5w1s
+     anil_5w1s protonet_5w1s cavia_5w1s"
 mkdir -p "$RUNS"
 for run in ${*:-$ALL}; do
   if [ "$run" = speed ]; then
