@@ -193,9 +193,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
     for row in history:
       f.write(json.dumps(row) + "\n")
 
+  compile_before = timing["compile_seconds"]  # of the runs this one resumes
+  compiled = {"seconds": 0.0}  # this process's, filled in by compile_timer below
+
   def save(state):
     if not bool(_all_finite(state.params)):
       raise NonFiniteError(f"refusing to checkpoint non-finite parameters at step {int(state.step)}")
+    # Every checkpoint carries the compile time so far, so a resumed run's figure is the sum.
+    timing["compile_seconds"] = compile_before + compiled["seconds"]
     return ckpt.save(state, {"config": cfg, "timing": timing})
 
   def nan_message(step, what):
@@ -260,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
         t0, steps_at_t0 = time.perf_counter(), step
         save(state)
   bar.close()
-  timing["compile_seconds"] += compiled["seconds"]
+  timing["compile_seconds"] = compile_before + compiled["seconds"]
   train_wall = time.perf_counter() - t_wall
   if not ckpt.steps():  # e.g. resumed a finished run: nothing new to save
     save(state)

@@ -135,13 +135,20 @@ def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pat
 
 
 def test_resume_with_a_different_config_is_an_error_unless_overridden(tmp_path):
-  run(tmp_path, num_steps=20)
+  first = run(tmp_path, num_steps=20)
   config = tiny_config(num_steps=30, inner_lr=0.02)
   exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
   with pytest.raises(common.ConfigMismatch, match="inner_lr"):
     common.train_and_evaluate(config, str(tmp_path), exp)
+  # The checkpoint the resume starts from carries the first run's compile time ...
+  from mtpjax._src.checkpoint import Checkpointer
+  like = exp.learner.init(exp.params, key=jax.random.key(0))
+  _, meta, _ = Checkpointer(str(tmp_path / "checkpoints")).restore(like)
+  assert meta["timing"]["compile_seconds"] == first["compile_seconds"] > 0
   results = common.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
   assert results["num_steps"] == 30 and results["resumed_from_step"] == 20
+  # ... and the resumed run reports the sum over both processes' compilations.
+  assert results["compile_seconds"] > first["compile_seconds"]
 
 
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
