@@ -90,13 +90,16 @@ COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
 
 
 @contextlib.contextmanager
-def compile_timer():
+def compile_timer(total: Optional[dict] = None):
   """Yields a dict whose "seconds" sums JAX's trace, lowering and XLA compile durations.
+
+  With `total`, durations are added to that dict's "seconds", so code defined before the
+  `with` can read it.
 
   These are JAX's own events (jax.monitoring), so the figure excludes running the step,
   which the first call's wall time includes (5-7 s for an Omniglot step with 15 queries).
   """
-  total = {"seconds": 0.0}
+  total = {"seconds": 0.0} if total is None else total
 
   def listener(event, duration, **kwargs):
     del kwargs
@@ -194,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
       f.write(json.dumps(row) + "\n")
 
   compile_before = timing["compile_seconds"]  # of the runs this one resumes
-  compiled = {"seconds": 0.0}  # this process's, filled in by compile_timer below
+  compiled = {"seconds": 0.0}  # this process's, added to by compile_timer(compiled) below
 
   def save(state):
     if not bool(_all_finite(state.params)):
@@ -225,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=experiment.name, unit="step",
                   disable=not config.progress, dynamic_ncols=True, file=sys.stderr)
   t_wall = time.perf_counter()
-  with open(metrics_path, "a") as mfile, compile_timer() as compiled:
+  with open(metrics_path, "a") as mfile, compile_timer(compiled):
     step = start
     while step < num_steps:
       state, metrics, n = advance(state, step)

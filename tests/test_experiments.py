@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import mtpjax as mj
 from experiments import common
 from experiments import sinusoid
 from experiments.configs import sinusoid as config_lib
@@ -124,9 +125,8 @@ def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pat
   config = tiny_config(**steps)
   exp = sinusoid.build(config, common.make_optimizer(config))
   like = exp.learner.init(exp.params, key=jax.random.key(0))
-  from mtpjax._src.checkpoint import Checkpointer
-  a = Checkpointer(str(tmp_path / "ref" / "checkpoints")).restore(like)[0]
-  b = Checkpointer(str(work / "checkpoints")).restore(like)[0]
+  a = mj.Checkpointer(str(tmp_path / "ref" / "checkpoints")).restore(like)[0]
+  b = mj.Checkpointer(str(work / "checkpoints")).restore(like)[0]
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # The metrics log has each step once, as an uninterrupted run would.
@@ -141,9 +141,8 @@ def test_resume_with_a_different_config_is_an_error_unless_overridden(tmp_path):
   with pytest.raises(common.ConfigMismatch, match="inner_lr"):
     common.train_and_evaluate(config, str(tmp_path), exp)
   # The checkpoint the resume starts from carries the first run's compile time ...
-  from mtpjax._src.checkpoint import Checkpointer
   like = exp.learner.init(exp.params, key=jax.random.key(0))
-  _, meta, _ = Checkpointer(str(tmp_path / "checkpoints")).restore(like)
+  _, meta, _ = mj.Checkpointer(str(tmp_path / "checkpoints")).restore(like)
   assert meta["timing"]["compile_seconds"] == first["compile_seconds"] > 0
   results = common.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
   assert results["num_steps"] == 30 and results["resumed_from_step"] == 20
