@@ -5,7 +5,9 @@ Runs in a PyTorch environment with learn2learn installed (not a dependency of mt
   PEER_PYTHON -m benchmarks.l2l_omniglot_step --steps 5 [--queries 1] [--tasks 32]
 
 Prints one JSON line per timed meta-step: {"peer": "learn2learn", "seconds": ...}. Same model
-as mtpjax's conv4 default (4 x [3x3 conv 64, GroupNorm(32), ReLU, 2x2 max-pool], linear head),
+as mtpjax's conv4 default (4 x [3x3 conv 64, GroupNorm(32), ReLU, 2x2 max-pool], linear head;
+--norm batch_transductive: BatchNorm2d with batch statistics only, as mtpjax's option and
+learn2learn's Omniglot example),
 second-order MAML, 1 inner SGD step at lr 0.4, Adam 1e-3, 5-way 1-shot, tasks drawn with
 numpy from the same data (task sampling is included in the timed step, as it is in mtpjax).
 """
@@ -19,10 +21,14 @@ import torch
 import learn2learn as l2l
 
 
-def conv4(ways, filters=64, groups=32):
+def conv4(ways, filters=64, groups=32, norm="group"):
   layers, cin = [], 1
   for _ in range(4):
-    layers += [torch.nn.Conv2d(cin, filters, 3, padding=1), torch.nn.GroupNorm(groups, filters),
+    if norm == "group":
+      norm_layer = torch.nn.GroupNorm(groups, filters)
+    else:  # statistics of the batch in hand, in training and in testing alike
+      norm_layer = torch.nn.BatchNorm2d(filters, track_running_stats=False)
+    layers += [torch.nn.Conv2d(cin, filters, 3, padding=1), norm_layer,
                torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
     cin = filters
   return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(filters, ways))
@@ -37,11 +43,12 @@ def main():
   parser.add_argument("--ways", type=int, default=5)
   parser.add_argument("--shots", type=int, default=1)
   parser.add_argument("--queries", type=int, default=1)
+  parser.add_argument("--norm", default="group", choices=("group", "batch_transductive"))
   args = parser.parse_args()
   torch.manual_seed(0)
   rng = np.random.default_rng(0)
   data = torch.from_numpy(np.load(args.data).astype(np.float32) / 255.0)  # [C, 20, 28, 28]
-  model = conv4(args.ways)
+  model = conv4(args.ways, norm=args.norm)
   maml = l2l.algorithms.MAML(model, lr=0.4, first_order=False)
   opt = torch.optim.Adam(maml.parameters(), 1e-3)
   loss_fn = torch.nn.CrossEntropyLoss()

@@ -1,8 +1,9 @@
 """Speed: mtpjax's second-order MAML Omniglot meta-step against learn2learn, in one run.
 
 The configuration of ../shared/BENCHMARKS.md section 4: 5-way 1-shot, Conv4 (64 filters,
-GroupNorm with 32 groups), 32 tasks per meta-step, 1 inner SGD step at lr 0.4, second order,
-Adam 1e-3, Q query images per class (1 by default: MAML's training protocol).
+GroupNorm with 32 groups; --norm batch_transductive gives both sides MAML's batch norm with
+the statistics of the batch in hand), 32 tasks per meta-step, 1 inner SGD step at lr 0.4,
+second order, Adam 1e-3, Q query images per class (1 by default: MAML's training protocol).
 
 learn2learn runs in its own PyTorch environment (not a dependency of mtpjax), as a subprocess
 (benchmarks/l2l_omniglot_step.py); the two alternate for --rounds rounds so that load drifts
@@ -11,15 +12,17 @@ ratio.
 
   python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
       [--queries 1] [--rounds 3] [--steps 5] [--steps_per_call 1] [--conv_impl auto] \
-      [--out DIR]
+      [--norm group] [--xla_flags FLAGS] [--out DIR]
 
 --steps_per_call K times mtpjax's `learner.run(state, K)` (K > 1: K meta-steps in one jitted
 scan, so XLA allocates its temporaries once per call; 1: the jitted step), divided by K;
 --steps is then the number of calls per round. The reported compile time is what JAX records for tracing, lowering and
 XLA's compilation (jax.monitoring events), not the first call, which also runs K steps.
 
-Without --peer_python only mtpjax is timed. To compare allocators, preload one for both sides:
-the peer subprocess inherits LD_PRELOAD.
+--xla_flags are appended to $XLA_FLAGS before JAX starts (default: the Omniglot experiment's
+choice, i.e. YNNPACK's elementwise fusion with batch norm and nothing with GroupNorm; "" for
+none). Without --peer_python only mtpjax is timed. To compare allocators, preload one for both
+sides: the peer subprocess inherits LD_PRELOAD.
 """
 
 import argparse
@@ -37,16 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import compile_timer
+from experiments.common import apply_xla_flags, compile_timer
+from experiments.configs.omniglot import BATCH_NORM_XLA_FLAGS
 import mtpjax as mj
 
 WAYS, SHOTS, INNER_LR, OUTER_LR = 5, 1, 0.4, 1e-3
 
 
-def mtpjax_learner(data, *, tasks, queries, conv_impl):
+def mtpjax_learner(data, *, tasks, queries, conv_impl, norm="group"):
   family = mj.tasks.classification.episodes(jnp.asarray(data, jnp.float32) / 255.0, ways=WAYS,
                                             shots=SHOTS, queries=queries)
-  model = mj.compose(mj.conv4(conv_impl=conv_impl), mj.linear_head(WAYS))
+  model = mj.compose(mj.conv4(conv_impl=conv_impl, norm=norm), mj.linear_head(WAYS))
   params = model.init(jax.random.key(0), jnp.zeros((WAYS, 28, 28)))
   loss_fn = mj.supervised(model.apply, mj.cross_entropy)
   learner = mj.meta_learner(loss_fn, optax.adam(OUTER_LR), algorithm="maml", inner_steps=1,
@@ -67,7 +71,8 @@ def time_steps(learner, state, calls, steps_per_call):
 
 def time_peer(peer_python, data_file, args):
   cmd = [peer_python, "-m", "benchmarks.l2l_omniglot_step", "--data", data_file,
-         "--steps", str(args.steps), "--tasks", str(args.tasks), "--queries", str(args.queries)]
+         "--steps", str(args.steps), "--tasks", str(args.tasks), "--queries", str(args.queries),
+         "--norm", args.norm]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
   if out.returncode:
@@ -85,23 +90,31 @@ def main():
   parser.add_argument("--steps_per_call", type=int, default=1,
                       help="mtpjax meta-steps per jitted call (learner.run; 1 is the plain step)")
   parser.add_argument("--conv_impl", default="auto")
+  parser.add_argument("--norm", default="group", choices=("group", "batch_transductive"),
+                      help="Conv4's normalisation, on both sides")
+  parser.add_argument("--xla_flags", default=None,
+                      help="appended to $XLA_FLAGS (default: the Omniglot experiment's choice)")
   parser.add_argument("--data", default=None, help="omniglot28.npz (default: the shared data)")
   parser.add_argument("--out", default="runs/speed")
   args = parser.parse_args()
   if args.steps_per_call < 1:
     parser.error(f"--steps_per_call must be >= 1, got {args.steps_per_call}")
 
+  if args.xla_flags is None:
+    args.xla_flags = BATCH_NORM_XLA_FLAGS if args.norm == "batch_transductive" else ""
+  apply_xla_flags(args.xla_flags)
   data = mj.tasks.omniglot.load_npz(args.data)["images"][:1200]  # meta-training characters
   learner, state = mtpjax_learner(data, tasks=args.tasks, queries=args.queries,
-                                  conv_impl=args.conv_impl)
+                                  conv_impl=args.conv_impl, norm=args.norm)
   with compile_timer() as compiled:
     start = time.perf_counter()
     state, metrics = learner.run(state, args.steps_per_call)
     jax.block_until_ready(metrics)
     first_call_s = time.perf_counter() - start
   print(f"mtpjax: compile + first call ({args.steps_per_call} meta-step(s)) {first_call_s:.1f} s "
-        f"(backend {jax.default_backend()}, conv_impl {args.conv_impl}, "
-        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r})", flush=True)
+        f"(backend {jax.default_backend()}, conv_impl {args.conv_impl}, norm {args.norm}, "
+        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})", flush=True)
 
   ours, peer = [], []
   faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # this process: mtpjax only
@@ -138,8 +151,9 @@ def main():
                 f"{result['speedup']:.2f}x learn2learn's speed")
   print(summary)
   os.makedirs(args.out, exist_ok=True)
+  norm = "" if args.norm == "group" else f"_{args.norm}"
   path = os.path.join(args.out, (f"omniglot_speed_q{args.queries}_{args.conv_impl}"
-                                f"_k{args.steps_per_call}.json"))
+                                f"_k{args.steps_per_call}{norm}.json"))
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {path}")

@@ -217,3 +217,34 @@ def test_prompt_algorithms_need_a_prompt():
   config = tiny_config(algorithm="cavia", context_dim=0)
   with pytest.raises(ValueError, match="context_dim must be > 0"):
     sinusoid.build(config, common.make_optimizer(config))
+
+
+def test_config_xla_flags_reach_xla_before_the_backend_starts_and_warn_after(monkeypatch):
+  # In a fresh process the flag must change what XLA compiles: with YNNPACK's elementwise
+  # fusion on (the batch-norm Omniglot setting), a plain multiply-add becomes a YNNPACK fusion.
+  flag = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
+  probe = ("import jax, jax.numpy as jnp\n"
+           "from experiments import common\n"
+           "common.apply_xla_flags(FLAGS)\n"
+           "x = jnp.ones((512, 512))\n"
+           "text = jax.jit(lambda a, b: a * b + 1.0).lower(x, x).compile().as_text()\n"
+           "print('ynn' if '__ynn_fusion' in text else 'plain')\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  outs = []
+  for flags in (flag, ""):
+    out = subprocess.run([sys.executable, "-c", probe.replace("FLAGS", repr(flags))], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    outs.append(out.stdout.strip())
+  if jax.default_backend() == "cpu":
+    assert outs == ["ynn", "plain"]
+  # In this process the backend has started: the flags cannot take effect, and the user is told.
+  jax.numpy.zeros(1).block_until_ready()
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  with pytest.warns(UserWarning, match="not applied: JAX's backend has already started"):
+    common.apply_xla_flags(flag)
+  assert "XLA_FLAGS" not in os.environ
+  # A flag the user already set wins over the config's.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  common.apply_xla_flags(flag)  # nothing to add, so no warning either
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"

@@ -249,6 +249,17 @@ def test_omniglot_config_rejects_an_unknown_algorithm():
     config_lib.resolve(c)
 
 
+def test_omniglot_batch_norm_runs_ask_for_ynnpack_elementwise_fusion_and_others_do_not():
+  from experiments.configs import omniglot as config_lib
+  resolved = {}
+  for norm, flags in (("batch_transductive", None), ("group", None), ("batch_transductive", "")):
+    c = config_lib.get_config()
+    c.norm, c.xla_flags = norm, flags
+    resolved[(norm, flags)] = config_lib.resolve(c).xla_flags
+  assert resolved == {("batch_transductive", None): config_lib.BATCH_NORM_XLA_FLAGS,
+                      ("group", None): "", ("batch_transductive", ""): ""}
+
+
 def test_omniglot_zero_head_keeps_the_head_at_zero_while_the_network_learns(tmp_path):
   from experiments import common
   from experiments import omniglot as experiment

@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
   # `python -m benchmarks.omniglot_speed --steps_per_call 4`). Must divide log_every and
   # checkpoint_every.
   c.steps_per_call = 1
+  # Flags appended to $XLA_FLAGS before JAX starts its backend (process-wide, so a config
+  # field rather than a library argument; flags already in $XLA_FLAGS win). Changes speed and
+  # float rounding, not the computation, so a resumed run may change it.
+  c.xla_flags = ""
   return c
 
 

@@ -42,6 +42,14 @@ ALGORITHM_DEFAULTS = {
 }
 
 
+# XLA:CPU also hands elementwise fusions to YNNPACK. With batch norm, XLA otherwise fuses the
+# statistics' backward into transposing copies that run ~10x slower than the same work
+# untransposed: MAML's meta-step 0.79-0.84 -> 0.64-0.65 s (5-way 1-shot, 32 tasks). With
+# GroupNorm it is ~10% slower (0.58 -> 0.65 s), so it is not set for other norms.
+# benchmarks/omniglot_speed_notes.md, row 33. CPU-only; other backends ignore it.
+BATCH_NORM_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
+
+
 def get_config(arg=None):
   c = common.base_config()
   c.ways = 5
@@ -58,6 +66,8 @@ def get_config(arg=None):
   c.norm = "group"               # group | layer | none | batch_transductive
   c.norm_groups = 32             # GroupNorm groups (filters must divide by it)
   c.conv_impl = "auto"           # see mtpjax conv3x3: im2col on the CPU, XLA's conv elsewhere
+  # None: BATCH_NORM_XLA_FLAGS with norm="batch_transductive", else none ("" for none).
+  c.xla_flags = config_dict.placeholder(str)
   c.context_dim = config_dict.placeholder(int)    # FiLM context (prompt) size; None: per algorithm
   c.context_layer = 3            # FiLM after this conv layer (3 = the last; at 0 it stayed at chance)
   # The "zeroing trick" (Kao et al. 2022): the head starts every task at zero and is not
@@ -82,6 +92,7 @@ def resolve(config):
   else:
     defaults = dict(WAYS_DEFAULTS[config.ways])
   defaults.update(train_queries=config.shots, context_dim=0,
+                  xla_flags=BATCH_NORM_XLA_FLAGS if config.norm == "batch_transductive" else "",
                   eval_settings=(f"{config.ways}x1", f"{config.ways}x5"))
   defaults.update(ALGORITHM_DEFAULTS.get(config.algorithm, {}))
   config = common.fill(config, defaults)
