@@ -6,8 +6,8 @@ Runs in a PyTorch environment with learn2learn installed (not a dependency of mt
 
 Prints one JSON line per timed meta-step: {"peer": "learn2learn", "seconds": ...}. Same model
 as mtpjax's conv4 default (4 x [3x3 conv 64, GroupNorm(32), ReLU, 2x2 max-pool], linear head;
---norm batch_transductive: BatchNorm2d with batch statistics only, as mtpjax's option and
-learn2learn's Omniglot example),
+--norm batch_transductive: BatchNorm2d(track_running_stats=False), batch statistics only, as
+mtpjax's option; in training this is what learn2learn's own Conv4 computes too),
 second-order MAML, 1 inner SGD step at lr 0.4, Adam 1e-3, 5-way 1-shot, tasks drawn with
 numpy from the same data (task sampling is included in the timed step, as it is in mtpjax).
 """
