@@ -8,7 +8,8 @@
 # (--config.zero_head=True: the head starts every task at zero). "NAME_20way" trains NAME on
 # 20-way 1-shot episodes with the 20-way defaults (inner lr 0.1, 5 inner steps) at the same
 # meta-batch 8 and 2,000 steps, 4 meta-steps per jitted call, and tests it on 20-way 1-shot and
-# 5-shot episodes (not part of the default list: ~90 minutes on 2 cores). Results:
+# 5-shot episodes (not part of the default list: ~100 minutes of training and 15 of
+# evaluation on 2 cores). Results:
 # runs/omniglot_cpu/*/.
 #   bash benchmarks/omniglot_cpu_protocol.sh [algorithms...]
 set -euo pipefail

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from experiments.common import apply_xla_flags, compile_timer
-from experiments.configs.omniglot import BATCH_NORM_XLA_FLAGS
+from experiments.configs.omniglot import default_xla_flags
 import mtpjax as mj
 
 WAYS, SHOTS, INNER_LR, OUTER_LR = 5, 1, 0.4, 1e-3
@@ -101,7 +101,7 @@ def main():
     parser.error(f"--steps_per_call must be >= 1, got {args.steps_per_call}")
 
   if args.xla_flags is None:
-    args.xla_flags = BATCH_NORM_XLA_FLAGS if args.norm == "batch_transductive" else ""
+    args.xla_flags = default_xla_flags(args.norm)
   apply_xla_flags(args.xla_flags)
   data = mj.tasks.omniglot.load_npz(args.data)["images"][:1200]  # meta-training characters
   learner, state = mtpjax_learner(data, tasks=args.tasks, queries=args.queries,

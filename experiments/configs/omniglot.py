@@ -50,6 +50,11 @@ ALGORITHM_DEFAULTS = {
 BATCH_NORM_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
 
 
+def default_xla_flags(norm: str) -> str:
+  """The XLA flags this protocol uses with `norm` (also the speed benchmark's default)."""
+  return BATCH_NORM_XLA_FLAGS if norm == "batch_transductive" else ""
+
+
 def get_config(arg=None):
   c = common.base_config()
   c.ways = 5
@@ -92,7 +97,7 @@ def resolve(config):
   else:
     defaults = dict(WAYS_DEFAULTS[config.ways])
   defaults.update(train_queries=config.shots, context_dim=0,
-                  xla_flags=BATCH_NORM_XLA_FLAGS if config.norm == "batch_transductive" else "",
+                  xla_flags=default_xla_flags(config.norm),
                   eval_settings=(f"{config.ways}x1", f"{config.ways}x5"))
   defaults.update(ALGORITHM_DEFAULTS.get(config.algorithm, {}))
   config = common.fill(config, defaults)
