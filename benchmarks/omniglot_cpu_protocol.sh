@@ -9,8 +9,9 @@
 # 20-way 1-shot episodes with the 20-way defaults (inner lr 0.1, 5 inner steps) at the same
 # meta-batch 8 and 2,000 steps, 4 meta-steps per jitted call, and tests it on 20-way 1-shot and
 # 5-shot episodes (not part of the default list: ~100 minutes of training and 15 of
-# evaluation on 2 cores). Results:
-# runs/omniglot_cpu/*/.
+# evaluation on 2 cores). "NAME_bn" runs NAME with the paper's transductive batch norm
+# (--config.norm=batch_transductive), and composes with the others ("maml_bn_20way").
+# Results: runs/omniglot_cpu/*/.
 #   bash benchmarks/omniglot_cpu_protocol.sh [algorithms...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +21,12 @@ mkdir -p runs/omniglot_cpu
 for algo in $ALGOS; do
   extra=()
   name=$algo
-  if [[ "$algo" == *_zero ]]; then algo=${algo%_zero}; extra=(--config.zero_head=True); fi
   if [[ "$algo" == *_20way ]]; then
-    algo=${algo%_20way}; extra=(--config.ways=20 --config.steps_per_call=4)
+    algo=${algo%_20way}; extra+=(--config.ways=20 --config.steps_per_call=4)
   fi
-  if [ "$algo" = protonet ]; then extra=("--config.eval_settings=('5x1','5x5','20x1','20x5')"); fi
+  if [[ "$algo" == *_bn ]]; then algo=${algo%_bn}; extra+=(--config.norm=batch_transductive); fi
+  if [[ "$algo" == *_zero ]]; then algo=${algo%_zero}; extra+=(--config.zero_head=True); fi
+  if [ "$algo" = protonet ]; then extra+=("--config.eval_settings=('5x1','5x5','20x1','20x5')"); fi
   "$PY" -m experiments.omniglot --workdir "runs/omniglot_cpu/$name" \
     --config.algorithm="$algo" --config.num_steps=2000 --config.meta_batch_size=8 \
     --config.eval_queries=5 --config.checkpoint_every=500 --config.progress=False "${extra[@]}" \
