@@ -11,13 +11,14 @@
 # 5-shot episodes (not part of the default list: ~100 minutes of training and 15 of
 # evaluation on 2 cores). "NAME_bn" runs NAME with the paper's transductive batch norm
 # (--config.norm=batch_transductive), and composes with the others ("maml_bn_20way").
-# Results: runs/omniglot_cpu/*/.
+# Results: runs/omniglot_cpu/*/ (RUNS overrides the folder, PYTHON the interpreter).
 #   bash benchmarks/omniglot_cpu_protocol.sh [algorithms...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 ALGOS=${*:-maml protonet fomaml anil metasgd cavia fomaml_zero}
-mkdir -p runs/omniglot_cpu
+RUNS=${RUNS:-runs/omniglot_cpu}
+mkdir -p "$RUNS"
 for algo in $ALGOS; do
   extra=()
   name=$algo
@@ -27,8 +28,8 @@ for algo in $ALGOS; do
   if [[ "$algo" == *_bn ]]; then algo=${algo%_bn}; extra+=(--config.norm=batch_transductive); fi
   if [[ "$algo" == *_zero ]]; then algo=${algo%_zero}; extra+=(--config.zero_head=True); fi
   if [ "$algo" = protonet ]; then extra+=("--config.eval_settings=('5x1','5x5','20x1','20x5')"); fi
-  "$PY" -m experiments.omniglot --workdir "runs/omniglot_cpu/$name" \
+  "$PY" -m experiments.omniglot --workdir "$RUNS/$name" \
     --config.algorithm="$algo" --config.num_steps=2000 --config.meta_batch_size=8 \
     --config.eval_queries=5 --config.checkpoint_every=500 --config.progress=False "${extra[@]}" \
-    > "runs/omniglot_cpu/$name.log" 2>&1 || echo "$name failed (see runs/omniglot_cpu/$name.log)"
+    > "$RUNS/$name.log" 2>&1 || echo "$name failed (see $RUNS/$name.log)"
 done

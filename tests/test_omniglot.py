@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 
 import jax
 import numpy as np
@@ -272,3 +273,45 @@ def test_omniglot_zero_head_keeps_the_head_at_zero_while_the_network_learns(tmp_
     np.testing.assert_array_equal(leaf, 0.0)
   kernel = state.params["shared"]["conv_1"]["kernel"]
   assert not np.allclose(kernel, exp.params["shared"]["conv_1"]["kernel"])
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _protocol_commands(tmp_path, script, runs, **env):
+  """Runs a benchmarks/ protocol script with a fake interpreter that records its arguments."""
+  fake, log = tmp_path / "fake_python", tmp_path / "args.log"
+  fake.write_text("#!/bin/sh\nprintf '%s\\t' \"$@\" >> \"$ARGS_LOG\"\necho >> \"$ARGS_LOG\"\n")
+  fake.chmod(0o755)
+  env = dict(os.environ, PYTHON=str(fake), ARGS_LOG=str(log), RUNS=str(tmp_path / "runs"), **env)
+  subprocess.run(["bash", os.path.join(REPO, "benchmarks", script), *runs], env=env, check=True,
+                 capture_output=True)
+  commands = []
+  for line in log.read_text().splitlines():
+    args = line.rstrip("\t").split("\t")
+    commands.append(dict(a[len("--config."):].split("=", 1) for a in args
+                         if a.startswith("--config.")) | {"workdir": args[args.index("--workdir") + 1]})
+  return commands
+
+
+def test_cpu_protocol_run_names_compose_their_suffixes(tmp_path):
+  bn20, zero, proto = _protocol_commands(tmp_path, "omniglot_cpu_protocol.sh",
+                                         ["maml_bn_20way", "fomaml_zero", "protonet"])
+  assert bn20["workdir"].endswith("runs/maml_bn_20way")
+  assert (bn20["algorithm"], bn20["norm"], bn20["ways"]) == ("maml", "batch_transductive", "20")
+  assert "ways" not in zero and "norm" not in zero
+  assert (zero["algorithm"], zero["zero_head"]) == ("fomaml", "True")
+  assert proto["algorithm"] == "protonet" and "20x5" in proto["eval_settings"]
+  assert {c["num_steps"] for c in (bn20, zero, proto)} == {"2000"}
+
+
+def test_full_protocol_run_names_give_algorithm_ways_shots_and_norm(tmp_path):
+  bn, anil = _protocol_commands(tmp_path, "omniglot_full_protocol.sh",
+                                ["maml_bn_5w1s", "anil_20w5s"], STEPS="3", EVAL_TASKS="10")
+  assert (bn["algorithm"], bn["ways"], bn["shots"], bn["norm"]) == ("maml", "5", "1",
+                                                                     "batch_transductive")
+  assert (anil["algorithm"], anil["ways"], anil["shots"]) == ("anil", "20", "5")
+  assert "norm" not in anil
+  assert bn["num_steps"] == anil["num_steps"] == "3" and bn["eval_tasks"] == "10"
+  with pytest.raises(subprocess.CalledProcessError):
+    _protocol_commands(tmp_path, "omniglot_full_protocol.sh", ["maml_5way"])
