@@ -29,8 +29,11 @@ import mtpjax as mj
 from mtpjax._src.checkpoint import Checkpointer
 
 # Fields that may change between a checkpoint and its resumption without altering the run
-# (xla_flags changes how XLA compiles the same computation, so only float rounding).
-COSMETIC_FIELDS = ("progress", "xla_flags")
+# (xla_flags changes how XLA compiles the same computation, so only float rounding;
+# eval_batch_size changes how many test tasks are vmapped at once, so only memory: the tasks
+# are the same whatever the chunk size). Lowering eval_batch_size is how a run whose
+# evaluation ran out of memory is finished from its last checkpoint.
+COSMETIC_FIELDS = ("progress", "xla_flags", "eval_batch_size")
 
 
 class Experiment(NamedTuple):

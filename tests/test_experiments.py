@@ -140,6 +140,13 @@ def test_resume_with_a_different_config_is_an_error_unless_overridden(tmp_path):
   exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
   with pytest.raises(common.ConfigMismatch, match="inner_lr"):
     common.train_and_evaluate(config, str(tmp_path), exp)
+  # Fields that change neither the training nor the test tasks (only speed, output, memory)
+  # are not a mismatch: a run whose evaluation ran out of memory resumes with a smaller chunk.
+  old = {"inner_lr": 0.01, "eval_batch_size": 50, "progress": True, "xla_flags": ""}
+  assert common._config_diff(old, old | {"eval_batch_size": 10, "progress": False,
+                                         "xla_flags": "--xla_cpu_enable_fast_math=false"}) == []
+  assert common._config_diff(old, old | {"inner_lr": 0.02}) == [
+      "inner_lr: checkpoint 0.01 vs now 0.02"]
   # The checkpoint the resume starts from carries the first run's compile time ...
   like = exp.learner.init(exp.params, key=jax.random.key(0))
   _, meta, _ = mj.Checkpointer(str(tmp_path / "checkpoints")).restore(like)
