@@ -299,6 +299,7 @@ def test_cpu_protocol_run_names_compose_their_suffixes(tmp_path):
                                          ["maml_bn_20way", "fomaml_zero", "protonet"])
   assert bn20["workdir"].endswith("runs/maml_bn_20way")
   assert (bn20["algorithm"], bn20["norm"], bn20["ways"]) == ("maml", "batch_transductive", "20")
+  assert bn20["eval_batch_size"] == "10"
   assert "ways" not in zero and "norm" not in zero
   assert (zero["algorithm"], zero["zero_head"]) == ("fomaml", "True")
   assert proto["algorithm"] == "protonet" and "20x5" in proto["eval_settings"]
