@@ -12,6 +12,7 @@ import mtpjax as mj
 from mtpjax.tasks import omniglot
 
 REAL = os.path.join(omniglot.default_data_dir(), omniglot.NPZ_NAME)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_npz(path, n_bg=3, n_ev=2, **override):
@@ -183,9 +184,7 @@ def _experiment_config(tmp_path, **overrides):
 
 def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
   import json
-  import subprocess
   import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   tiny_npz(tmp_path / "o.npz", n_bg=8, n_ev=4)
   args = dict(data_path=tmp_path / "o.npz", num_train_characters=8, num_steps=2,
               meta_batch_size=2, eval_tasks=4, log_every=2, filters=8, norm_groups=4,
@@ -193,7 +192,7 @@ def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
               steps_per_call=2)  # both steps in one jitted call (learner.run)
   cmd = [sys.executable, "-m", "experiments.omniglot", f"--workdir={tmp_path / 'run'}"] + [
       f"--config.{k}={v}" for k, v in args.items()]
-  out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   run = tmp_path / "run"
   for name in ("config.json", "metrics.jsonl", "results.json", "training_curve.png",
@@ -275,22 +274,19 @@ def test_omniglot_zero_head_keeps_the_head_at_zero_while_the_network_learns(tmp_
   assert not np.allclose(kernel, exp.params["shared"]["conv_1"]["kernel"])
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _protocol_commands(tmp_path, script, runs, **env):
   """Runs a benchmarks/ protocol script with a fake interpreter that records its arguments."""
   fake, log = tmp_path / "fake_python", tmp_path / "args.log"
   fake.write_text("#!/bin/sh\nprintf '%s\\t' \"$@\" >> \"$ARGS_LOG\"\necho >> \"$ARGS_LOG\"\n")
   fake.chmod(0o755)
   env = dict(os.environ, PYTHON=str(fake), ARGS_LOG=str(log), RUNS=str(tmp_path / "runs"), **env)
-  subprocess.run(["bash", os.path.join(REPO, "benchmarks", script), *runs], env=env, check=True,
+  subprocess.run(["bash", os.path.join(ROOT, "benchmarks", script), *runs], env=env, check=True,
                  capture_output=True)
   commands = []
   for line in log.read_text().splitlines():
     args = line.rstrip("\t").split("\t")
-    commands.append(dict(a[len("--config."):].split("=", 1) for a in args
-                         if a.startswith("--config.")) | {"workdir": args[args.index("--workdir") + 1]})
+    config = dict(a[len("--config."):].split("=", 1) for a in args if a.startswith("--config."))
+    commands.append(config | {"workdir": args[args.index("--workdir") + 1]})
   return commands
 
 
