@@ -123,6 +123,15 @@ NORMS = ("group", "layer", "none", "batch_transductive")
 CONV_IMPLS = ("auto", "xla", "im2col", "taps")
 
 
+def auto_conv_impl(backend: str) -> str:
+  """What conv3x3's impl="auto" computes with on `backend` (a jax.default_backend() name).
+
+  "im2col" where it was measured faster: the CPU and an NVIDIA H100 (notes rows 9-36; AMD GPUs
+  also report "gpu" and are not measured). "xla" on the rest, e.g. TPUs, not measured either.
+  """
+  return "im2col" if backend in ("cpu", "gpu", "cuda") else "xla"
+
+
 def conv3x3(x: types.Array, kernel: types.Array, impl: str = "auto") -> types.Array:
   """3x3 'SAME' convolution, stride 1: x [n, H, W, C], kernel [3, 3, C, O] -> [n, H, W, O].
 
@@ -132,15 +141,15 @@ def conv3x3(x: types.Array, kernel: types.Array, impl: str = "auto") -> types.Ar
               the kernel as a [9C, O] matrix: only pads, slices and one matmul.
     "taps"    the sum over the 9 taps of a shifted view times a [C, O] matrix (no [9C]
               buffer, nine small matmuls).
-    "auto"    "im2col" on the CPU, "xla" elsewhere.
+    "auto"    auto_conv_impl(jax.default_backend()): "im2col" on CPUs and GPUs, else "xla".
   Why: under jax.vmap with per-task kernels (MAML's adapted weights) "xla" becomes a grouped
   convolution (feature_group_count = tasks) and its gradients convolutions with
-  batch_group_count, which XLA's CPU backend runs ~16x slower than "im2col" on Omniglot MAML;
-  "im2col" and "taps" stay batched matmuls. benchmarks/omniglot_speed_notes.md has the figures.
-  On GPUs the "auto" choice of "xla" is not yet measured.
+  batch_group_count. On Omniglot MAML's meta-step XLA runs those ~16x slower than "im2col" on
+  the CPU and 4.8x slower on an H100 (10.0 against 2.1 ms); "im2col" and "taps" stay batched
+  matmuls. benchmarks/omniglot_speed_notes.md has the figures (rows 9-35 CPU, row 36 GPU).
   """
   if impl == "auto":
-    impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+    impl = auto_conv_impl(jax.default_backend())
   if impl == "xla":
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
