@@ -144,7 +144,7 @@ def conv3x3(x: types.Array, kernel: types.Array, impl: str = "auto") -> types.Ar
     "auto"    auto_conv_impl(jax.default_backend()): "im2col" on CPUs and GPUs, else "xla".
   Why: under jax.vmap with per-task kernels (MAML's adapted weights) "xla" becomes a grouped
   convolution (feature_group_count = tasks) and its gradients convolutions with
-  batch_group_count. On Omniglot MAML's meta-step XLA runs those ~16x slower than "im2col" on
+  batch_group_count. On Omniglot MAML's meta-step XLA runs those ~18x slower than "im2col" on
   the CPU and 4.8x slower on an H100 (10.0 against 2.1 ms); "im2col" and "taps" stay batched
   matmuls. benchmarks/omniglot_speed_notes.md has the figures (rows 9-35 CPU, row 36 GPU).
   """
