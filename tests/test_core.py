@@ -239,7 +239,7 @@ def test_conv3x3_implementations_agree_with_xla_in_value_gradient_and_under_vmap
 
 
 def test_conv3x3_auto_uses_im2col_where_it_was_measured_faster():
-  # Notes rows 9-36: im2col beat XLA's grouped convolutions by ~18x on the CPU and 4.8x on an
+  # Notes rows 13 and 36: im2col beat XLA's grouped convolutions by ~18x on the CPU and 4.8x on an
   # H100 in Omniglot MAML's meta-step; TPUs keep XLA's convolution (not measured).
   from mtpjax._src import nets
   assert [nets.auto_conv_impl(b) for b in ("cpu", "gpu", "cuda", "tpu")] == [

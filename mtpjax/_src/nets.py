@@ -126,8 +126,8 @@ CONV_IMPLS = ("auto", "xla", "im2col", "taps")
 def auto_conv_impl(backend: str) -> str:
   """What conv3x3's impl="auto" computes with on `backend` (a jax.default_backend() name).
 
-  "im2col" where it was measured faster: the CPU and an NVIDIA H100 (notes rows 9-36; AMD GPUs
-  also report "gpu" and are not measured). "xla" on the rest, e.g. TPUs, not measured either.
+  "im2col" where it was measured faster: the CPU and an NVIDIA H100 (notes rows 13 and 36; AMD
+  GPUs also report "gpu" and are not measured). "xla" on the rest, e.g. TPUs, not measured.
   """
   return "im2col" if backend in ("cpu", "gpu", "cuda") else "xla"
 
@@ -146,7 +146,7 @@ def conv3x3(x: types.Array, kernel: types.Array, impl: str = "auto") -> types.Ar
   convolution (feature_group_count = tasks) and its gradients convolutions with
   batch_group_count. On Omniglot MAML's meta-step XLA runs those ~18x slower than "im2col" on
   the CPU and 4.8x slower on an H100 (10.0 against 2.1 ms); "im2col" and "taps" stay batched
-  matmuls. benchmarks/omniglot_speed_notes.md has the figures (rows 9-35 CPU, row 36 GPU).
+  matmuls. benchmarks/omniglot_speed_notes.md has the figures (rows 2, 5, 13: CPU; 36: GPU).
   """
   if impl == "auto":
     impl = auto_conv_impl(jax.default_backend())
