@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtpjax._src import attention
 from mtpjax._src import nets
 
 PAD_ID = 0
@@ -38,18 +39,8 @@ class _Block(nn.Module):
     h = nn.LayerNorm(name="ln_attn")(x)
     qkv = nn.Dense(3 * d, name="qkv")(h).reshape(n, s, 3, self.heads, hd)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]           # [n, S, H, hd]
-    if prefix is not None and prefix.shape[-2] > 0:
-      p = prefix.shape[-2]
-      pk = prefix[:, 0].reshape(n, p, self.heads, hd)
-      pv = prefix[:, 1].reshape(n, p, self.heads, hd)
-      k = jnp.concatenate([pk, k], axis=1)
-      v = jnp.concatenate([pv, v], axis=1)
-      key_mask = jnp.concatenate([jnp.ones((n, p), bool), key_mask], axis=1)
-    logits = jnp.einsum("nqhc,nkhc->nhqk", q, k) / jnp.sqrt(jnp.asarray(hd, x.dtype))
-    # Masked keys get exactly zero weight, so padded content cannot reach real positions.
-    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    attn = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("nhqk,nkhc->nqhc", attn, v).reshape(n, s, d)
+    k, v, key_mask = attention.with_prefix(k, v, key_mask, prefix)
+    out = attention.attend(q, k, v, key_mask)                      # [n, S, d]
     x = x + nn.Dense(d, name="attn_out")(out)
     h = nn.LayerNorm(name="ln_mlp")(x)
     h = nn.Dense(self.mlp_dim, name="mlp_in")(h)
