@@ -49,7 +49,7 @@ def make_evaluator(learner: meta_lib.MetaLearner, sample: types.SampleFn, *,
   metrics = metrics or {"loss": learner.loss_fn}
 
   def one_task(params, key):
-    episode = sample(key)
+    episode = learner.prepare_episode(params, sample(key))
     kw = {}
     if learner.task_repr is not None:  # the task's representation reaches every metric
       kw["task_repr"] = learner.task_repr(params, episode.support)

@@ -117,6 +117,7 @@ class MetaLearner(NamedTuple):
                                                 (num_steps=1 calls step: one executable)
   adapt(params, support, steps=None, eval_fn=None) -> (adapted, aux)   one task
   task_loss(params, episode) -> (query loss, aux)                       one task
+  prepare_episode(params, episode) -> episode   inputs through `prepare` (identity without it)
   """
 
   init: Callable[..., MetaState]
@@ -129,6 +130,7 @@ class MetaLearner(NamedTuple):
   inner_steps: int
   inner_lr: float
   run: Callable[..., tuple[MetaState, dict]]
+  prepare_episode: Callable[..., Any] = lambda params, episode: episode
 
 
 def _check_positive(name, value, allow_zero=False):
@@ -166,7 +168,8 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
                  sample: Optional[types.SampleFn] = None, remat: bool = False,
                  unroll: Union[int, bool, str] = "auto", donate: bool = True,
                  jit: bool = True,
-                 task_repr: Optional[Callable[[types.Params, types.Batch], Any]] = None
+                 task_repr: Optional[Callable[[types.Params, types.Batch], Any]] = None,
+                 prepare: Optional[Callable[[types.Params, Any], Any]] = None
                  ) -> MetaLearner:
   """Builds a meta-learner: the inner loop, the meta-gradient and one jitted outer step.
 
@@ -186,6 +189,11 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       from its support set at the meta-parameters and passed to every loss of that task as
       loss_fn(params, batch, task_repr=r), e.g. for generated prompts conditioned on
       prompts.support_summary of the support set. Gradients reach the parameters through it.
+    prepare: optional prepare(params, x) -> x' applied to each task's support and query inputs
+      once, before adaptation, e.g. Model.prepare, which computes a frozen encoder's layers
+      below a late prompt once per sentence instead of once per inner step. It sees only the
+      roles that do not adapt (a cache of an adapting role would be stale: that is an error),
+      and gradients reach the meta-learned roles through it.
 
   >>> learner = meta_learner(loss_fn, optax.adam(1e-3), sample=family.sample)  # doctest: +SKIP
   >>> state = learner.init(params, key=jax.random.key(0))                      # doctest: +SKIP
@@ -203,6 +211,20 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
   def _lr(params):
     return params[types.INNER_LR] if algo.learn_inner_lr else inner_lr
 
+  def prepare_episode(params, episode):
+    if prepare is None:
+      return episode
+    fast = set(fast_roles(algo, params))
+    slow = {r: v for r, v in params.items() if r not in fast}
+    try:
+      s, q = episode.support, episode.query
+      return types.Episode(types.Batch(prepare(slow, s.x), s.y),
+                           types.Batch(prepare(slow, q.x), q.y))
+    except KeyError as e:
+      raise ValueError(f"prepare reads role {e.args[0]!r}, which algorithm {algo.name!r} adapts "
+                       f"(fast roles {sorted(fast)}): its per-task cache would be stale; drop "
+                       f"prepare or keep that role out of the inner loop") from None
+
   def bind(params, support):
     """loss_fn with this task's representation bound (itself when there is none)."""
     if task_repr is None:
@@ -218,6 +240,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
         remat=remat, unroll=unroll, eval_fn=eval_fn)
 
   def task_loss(params, episode):
+    episode = prepare_episode(params, episode)
     bound = bind(params, episode.support)
     adapted, aux = adapt_task(params, episode.support, bound=bound)
     return bound(adapted, episode.query), aux
@@ -254,6 +277,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(outer_params)
     else:  # Reptile: move toward the mean of the adapted parameters.
       def one(ep):
+        ep = prepare_episode(params, ep)
         bound = bind(params, ep.support)
         adapted, aux = adapt_task(params, ep.support, bound=bound)
         return adapted, bound(adapted, ep.query), aux
@@ -309,4 +333,4 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     return compiled(state)
 
   return MetaLearner(init, checked_step, adapt_task, task_loss, loss_fn, task_repr, algo,
-                     inner_steps, inner_lr, checked_run)
+                     inner_steps, inner_lr, checked_run, prepare_episode)

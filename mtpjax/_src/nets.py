@@ -24,12 +24,15 @@ CONTEXT_MODES = ("none", "concat", "add", "film")
 class Net(NamedTuple):
   """A network as pure functions. `out_dim` is the feature width it returns; `embed`, when a
   backbone has one, maps inputs to a context-free representation [n, d] (prompts that
-  condition on the instance use it)."""
+  condition on the instance use it); `prepare`, when it has one, maps inputs x to what
+  apply(params, prepare(params, x), context) computes the same function from, doing once per
+  example the work that no prompt can change (a late prompt's lower layers)."""
 
   init: Callable[..., types.ArrayTree]
   apply: Callable[..., types.Array]
   out_dim: int
   embed: Optional[Callable[..., types.Array]] = None
+  prepare: Optional[Callable[..., types.ArrayTree]] = None
 
 
 class _MLP(nn.Module):
@@ -386,10 +389,16 @@ def linear_head(out_dim: int, *, kernel_init: str = "lecun") -> Net:
 context_prompt = prompts.context  # a context vector (CAVIA) as a prompt
 
 class Model(NamedTuple):
-  """A model over a role-keyed params dict: {"shared", "head", optionally "prompt"}."""
+  """A model over a role-keyed params dict: {"shared", "head", optionally "prompt"}.
+
+  prepare(params, x) -> x' does the per-example work that depends on the shared network only
+  (identity for most backbones); apply(params, prepare(params, x)) == apply(params, x). Pass
+  it to meta_learner(prepare=...) to do that work once per task instead of once per inner step.
+  """
 
   init: Callable[..., types.Params]
   apply: Callable[..., types.Array]
+  prepare: Optional[Callable[..., types.ArrayTree]] = None
 
 
 def compose(backbone: Net, head: Optional[Net] = None, prompt=None) -> Model:
@@ -405,11 +414,11 @@ def compose(backbone: Net, head: Optional[Net] = None, prompt=None) -> Model:
   ['head', 'prompt', 'shared']
   """
 
-  def init(key, x):
-    k_shared, k_head, k_prompt = jax.random.split(key, 3)
-    params = {types.SHARED: backbone.init(k_shared, x)}
+  def init_rest(key, n):
+    _, k_head, k_prompt = jax.random.split(key, 3)
+    params = {}
     if head is not None:
-      params[types.HEAD] = head.init(k_head, jnp.zeros(x.shape[:1] + (backbone.out_dim,)))
+      params[types.HEAD] = head.init(k_head, jnp.zeros((n, backbone.out_dim)))
     if prompt is not None:
       shared_part, task_part = prompt.init(k_prompt)
       if task_part is not None:
@@ -418,9 +427,15 @@ def compose(backbone: Net, head: Optional[Net] = None, prompt=None) -> Model:
         params[types.PROMPT_SHARED] = shared_part
     return params
 
-  # One compiled init instead of Flax running the forward pass eagerly, op by op (~10x
-  # faster for the Transformer on the CPU).
-  init = jax.jit(init)
+  # Compiled inits instead of Flax running the forward pass eagerly, op by op (~10x faster for
+  # the Transformer on the CPU). A pretrained backbone's init returns its loaded weights and
+  # is not jitted here: XLA would copy 22M-parameter constants into the program.
+  init_rest = jax.jit(init_rest, static_argnums=(1,))
+  init_shared = backbone.init if getattr(backbone.init, "loaded", False) else jax.jit(backbone.init)
+
+  def init(key, x):
+    k_shared = jax.random.split(key, 3)[0]
+    return {types.SHARED: init_shared(k_shared, x), **init_rest(key, x.shape[0])}
 
   def apply(params, x, task_repr=None):
     context = None
@@ -433,4 +448,7 @@ def compose(backbone: Net, head: Optional[Net] = None, prompt=None) -> Model:
     features = backbone.apply(params[types.SHARED], x, context)
     return head.apply(params[types.HEAD], features) if head is not None else features
 
-  return Model(init, apply)
+  prepare = None
+  if backbone.prepare is not None:
+    prepare = lambda params, x: backbone.prepare(params[types.SHARED], x)
+  return Model(init, apply, prepare)
