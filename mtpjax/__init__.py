@@ -5,12 +5,14 @@ Parameters are one role-keyed pytree ({"shared", "head", "prompt", "inner_lr"});
 jitted, donated step vmapped over the tasks of a meta-batch.
 """
 
-from mtpjax import tasks
+from mtpjax import pretrained, tasks
 from mtpjax._src import prompts
 from mtpjax._src.adapt import adapt, split_roles
 from mtpjax._src.checkpoint import Checkpointer, CheckpointError, restore_params
 from mtpjax._src.data import split_episode
 from mtpjax._src.evaluate import EvalResult, evaluate, make_evaluator, mean_ci95
+from mtpjax._src.heads import (FewShotHead, class_means, proto_maml, prototype_classifier,
+                               prototype_logits)
 from mtpjax._src.losses import accuracy, cross_entropy, mse, supervised, weighted_cross_entropy
 from mtpjax._src.meta import (ALGORITHMS, Algorithm, MetaLearner, MetaState, get_algorithm,
                               meta_learner)

@@ -1,0 +1,14 @@
+"""Pretrained text encoders from local Hugging Face checkpoints: load, encode, prompt.
+
+>>> import mtpjax as mj                                                         # doctest: +SKIP
+>>> enc = mj.pretrained.load("../shared/data/all-MiniLM-L6-v2")                 # doctest: +SKIP
+>>> mj.pretrained.encode(enc, ["what is my balance"]).shape                     # doctest: +SKIP
+(1, 384)
+"""
+
+from mtpjax._src.bert import BertConfig, init_params
+from mtpjax._src.pretrained import (ENCODE_BATCH, SUPPORTED_MODEL_TYPES, Pretrained, Tokenizer, encode,
+                                    encoder, load, token_embeddings)
+
+__all__ = ["BertConfig", "ENCODE_BATCH", "Pretrained", "SUPPORTED_MODEL_TYPES", "Tokenizer", "encode",
+           "encoder", "init_params", "load", "token_embeddings"]

@@ -1,0 +1,105 @@
+"""Few-shot text classification episodes drawn on the device from tokenized rows.
+
+A labelled text set is tokenized once on the host into fixed-length ids [n, max_len] (see
+mtpjax.pretrained.Pretrained.tokenize); classes may have different numbers of examples. The
+rows live on the device with a padded index [classes, max_count] of each class's rows, and an
+episode is a gather inside the jitted step, as for Omniglot.
+"""
+
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtpjax._src import types
+
+
+class TextEpisodes(NamedTuple):
+  ids: types.Array      # [n, T] int32 token ids of every example (padding id 0)
+  index: types.Array    # [classes, max_count] int32 rows of each class (padded with 0)
+  counts: types.Array   # [classes] int32 examples per class
+  ways: int
+  shots: int
+  queries: int
+
+  def sample(self, key: types.PRNGKey) -> types.Episode:
+    """One episode: x [ways * shots, T] / [ways * queries, T], labels in [0, ways).
+
+    Classes are drawn without replacement and labelled 0..ways-1 in the drawn (random)
+    order; each class's support and query rows are distinct examples of that class.
+    """
+    k_cls, k_ex = jax.random.split(key)
+    classes = jax.random.choice(k_cls, self.index.shape[0], (self.ways,), replace=False)
+    n = self.shots + self.queries
+    max_count = self.index.shape[1]
+    # A uniformly random order of each class's own rows: random keys, padding slots last.
+    u = jax.random.uniform(k_ex, (self.ways, max_count))
+    u = jnp.where(jnp.arange(max_count)[None, :] < self.counts[classes][:, None], u, 2.0)
+    order = jnp.argsort(u, axis=1)[:, :n]                                    # [ways, n]
+    rows = jnp.take_along_axis(self.index[classes], order, axis=1)          # [ways, n]
+    x = self.ids[rows]                                                       # [ways, n, T]
+    y = jnp.broadcast_to(jnp.arange(self.ways)[:, None], (self.ways, n))
+    t = x.shape[-1]
+    support = types.Batch(x[:, :self.shots].reshape(-1, t), y[:, :self.shots].reshape(-1))
+    query = types.Batch(x[:, self.shots:].reshape(-1, t), y[:, self.shots:].reshape(-1))
+    return types.Episode(support, query)
+
+
+def episodes(ids, labels, *, ways: int, shots: int, queries: int,
+             class_names: Optional[Sequence[str]] = None, vocab_size: Optional[int] = None,
+             name: str = "data") -> TextEpisodes:
+  """Validated constructor over tokenized rows and integer labels.
+
+  Args:
+    ids: [n, T] integer token ids (padding 0).
+    labels: [n] integers in [0, classes); every class in that range must have at least
+      shots + queries examples.
+    ways, shots, queries: the episode's shape.
+    class_names: names for error messages (class c is class_names[c]).
+    vocab_size: if given, ids must lie in [0, vocab_size) (checked once here, not per episode).
+
+  >>> fam = episodes(np.ones((12, 4), np.int32), np.repeat(np.arange(3), 4), ways=2, shots=1,
+  ...                queries=2)
+  >>> fam.sample(jax.random.key(0)).query.x.shape
+  (4, 4)
+  """
+  ids = np.asarray(ids)
+  labels = np.asarray(labels)
+  for field, value in (("ways", ways), ("shots", shots), ("queries", queries)):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{field} must be a positive integer, got {value!r}")
+  if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"{name}: ids must be an integer array [examples, tokens], got {ids.shape} "
+                     f"{ids.dtype}")
+  if labels.shape != ids.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{name}: labels must be integers shaped [{ids.shape[0]}], got "
+                     f"{labels.shape} {labels.dtype}")
+  if ids.shape[0] == 0:
+    raise ValueError(f"{name}: no examples")
+  if labels.min() < 0:
+    raise ValueError(f"{name}: labels must be >= 0, found {labels.min()}")
+  if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
+    raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}), found "
+                     f"[{ids.min()}, {ids.max()}]")
+  num_classes = int(labels.max()) + 1
+  counts = np.bincount(labels, minlength=num_classes)
+  names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+  if len(names) < num_classes:
+    raise ValueError(f"{name}: {len(names)} class names for {num_classes} classes")
+  if ways > num_classes:
+    raise ValueError(f"ways={ways} exceeds the {num_classes} classes in {name}")
+  need = shots + queries
+  short = [(names[c], int(counts[c])) for c in range(num_classes) if counts[c] < need]
+  if short:
+    listed = ", ".join(f"{n!r} has {k}" for n, k in short[:10])
+    raise ValueError(f"{name}: shots + queries = {shots} + {queries} = {need} examples per class "
+                     f"are needed, but {len(short)} classes have fewer: {listed}"
+                     f"{' ...' if len(short) > 10 else ''}")
+  max_count = int(counts.max())
+  index = np.zeros((num_classes, max_count), np.int32)
+  for c in range(num_classes):
+    rows = np.flatnonzero(labels == c)
+    index[c, :rows.size] = rows
+  return TextEpisodes(jnp.asarray(ids, jnp.int32), jnp.asarray(index), jnp.asarray(counts, jnp.int32),
+                      ways, shots, queries)
