@@ -9,6 +9,7 @@ from mtpjax import pretrained, tasks
 from mtpjax._src import prompts
 from mtpjax._src.adapt import adapt, split_roles
 from mtpjax._src.checkpoint import Checkpointer, CheckpointError, restore_params
+from mtpjax._src.checks import check_finite
 from mtpjax._src.data import split_episode
 from mtpjax._src.evaluate import EvalResult, evaluate, make_evaluator, mean_ci95
 from mtpjax._src.heads import (FewShotHead, class_means, proto_maml, prototype_classifier,

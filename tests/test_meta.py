@@ -133,6 +133,25 @@ def test_reptile_on_a_quadratic_matches_its_closed_form():
   np.testing.assert_allclose(state.params["shared"], expected, rtol=1e-6)
 
 
+def test_reptile_leaves_a_unit_dead_on_every_task_exactly_where_it_is():
+  # A hidden ReLU unit with a large negative bias is dead for every input, so no task moves
+  # its weights: Reptile's direction there must be exactly zero, or Adam's first step (which
+  # divides by sqrt(v) + eps) turns float32 rounding noise into a move of up to lr.
+  family, _, params, loss_fn = small_problem(hidden=(8,))
+  params = jax.tree.map(jnp.copy, params)
+  dense = params["shared"]["dense_0"]
+  dense["bias"] = dense["bias"].at[3].set(-100.0)
+  dense["kernel"] = dense["kernel"].at[:, 3].set(0.731)
+  learner = mj.meta_learner(loss_fn, optax.adam(0.1), algorithm="reptile", inner_steps=5,
+                            inner_lr=0.37, meta_batch_size=7, sample=family.sample)
+  state = learner.init(params, key=jax.random.key(0))
+  for _ in range(3):
+    state, _ = learner.step(state)
+  after = state.params["shared"]["dense_0"]
+  assert after["bias"][3] == -100.0 and after["kernel"][0, 3] == np.float32(0.731)
+  assert not np.array_equal(after["bias"], dense["bias"])  # the live units did move
+
+
 def test_meta_sgd_learning_rates_receive_the_right_gradient():
   family, _, params, loss_fn = small_problem()
   ep = first(episodes(family, 1))

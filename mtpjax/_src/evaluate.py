@@ -21,6 +21,9 @@ def mean_ci95(values) -> tuple[float, float]:
 
 
 class EvalResult(NamedTuple):
+  """Per-task metric trajectories from evaluate(): per_task[name] is [num_tasks, steps + 1]
+  (the metric after 0..max inner steps); summary() and curve() give means and 95% CIs."""
+
   per_task: dict    # metric name -> np.ndarray [num_tasks, max_steps + 1]
   inner_steps: tuple
 
@@ -64,6 +67,8 @@ def make_evaluator(learner: meta_lib.MetaLearner, sample: types.SampleFn, *,
 
   def evaluator(params, key, num_tasks):
     meta_lib._check_positive("num_tasks", num_tasks)
+    for name, fn in metrics.items():
+      meta_lib.check_outputs_cover_ways(fn, params, sample, f"evaluate (metric {name!r})")
     n_chunks = -(-num_tasks // batch_size)
     # Task i is drawn from split(key, num_tasks)[i] whatever the batch size; the last chunk is
     # padded with repeats of the last key, and the padding is dropped below.
@@ -98,9 +103,13 @@ def evaluate(learner: meta_lib.MetaLearner, params: types.Params, sample: types.
   >>> res.summary()["loss"][10]                                                  # doctest: +SKIP
   (0.13, 0.01)
   """
+  meta_lib._check_int("num_tasks", num_tasks)
+  meta_lib._check_int("batch_size", batch_size)
+  bad = [s for s in inner_steps if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
+  if bad or not list(inner_steps) or min(inner_steps) < 0:
+    raise ValueError(f"inner_steps must be a non-empty list of integer counts >= 0, got "
+                     f"{inner_steps!r}")
   inner_steps = tuple(sorted(set(int(s) for s in inner_steps)))
-  if not inner_steps or inner_steps[0] < 0:
-    raise ValueError(f"inner_steps must be a non-empty list of counts >= 0, got {inner_steps}")
   evaluator = make_evaluator(learner, sample, max_steps=inner_steps[-1], metrics=metrics,
                              batch_size=min(batch_size, num_tasks))
   return EvalResult(evaluator(params, key, num_tasks), inner_steps)

@@ -9,24 +9,49 @@ from mtpjax._src import types
 
 
 def mse(pred: types.Array, target: types.Array) -> types.Array:
-  """Mean squared error over every element. pred, target: [n, d]."""
+  """Mean squared error over every element. pred, target: the same shape, e.g. [n, d].
+
+  Shapes must match exactly: [n, 1] against [n] would broadcast to [n, n] and train on a
+  different loss, so it is an error (checked at trace time, free per step).
+  """
+  if jnp.shape(pred) != jnp.shape(target):
+    raise ValueError(f"mse: predictions {jnp.shape(pred)} and targets {jnp.shape(target)} must "
+                     f"have the same shape (they would broadcast to a different loss); reshape "
+                     f"the targets, e.g. y[:, None] for a model with one output")
   return jnp.mean(jnp.square(pred - target))
+
+
+def _check_labels(fn, logits, labels):
+  if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
+    raise ValueError(f"{fn}: labels must be integers (class indices), got dtype "
+                     f"{jnp.asarray(labels).dtype}; for one-hot or soft targets use "
+                     f"optax.softmax_cross_entropy")
+  if jnp.shape(labels) != jnp.shape(logits)[:-1]:
+    raise ValueError(f"{fn}: labels {jnp.shape(labels)} must have the shape of the logits "
+                     f"{jnp.shape(logits)} without the class axis, i.e. {jnp.shape(logits)[:-1]}")
 
 
 def cross_entropy(logits: types.Array, labels: types.Array) -> types.Array:
   """Mean softmax cross-entropy with integer labels. logits: [n, c], labels: [n]."""
+  _check_labels("cross_entropy", logits, labels)
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
 def weighted_cross_entropy(logits: types.Array, labels: types.Array,
                            class_weights: types.Array) -> types.Array:
   """Cross-entropy with per-class weights, normalised by the total weight (as torch does)."""
+  _check_labels("weighted_cross_entropy", logits, labels)
+  if jnp.shape(class_weights) != jnp.shape(logits)[-1:]:
+    raise ValueError(f"weighted_cross_entropy: class_weights {jnp.shape(class_weights)} must "
+                     f"have one weight per class, {jnp.shape(logits)[-1:]}")
   w = class_weights[labels]  # [n]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
 def accuracy(logits: types.Array, labels: types.Array) -> types.Array:
+  """Fraction of examples whose arg-max class is the label. logits: [n, c], labels: [n]."""
+  _check_labels("accuracy", logits, labels)
   return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
 
 
@@ -43,4 +68,5 @@ def supervised(apply: Callable[[types.Params, types.Array], types.Array],
       return loss(apply(params, batch.x), batch.y)
     return loss(apply(params, batch.x, task_repr=task_repr), batch.y)
 
+  loss_fn.model_apply = apply  # lets meta_learner check the outputs against a family's ways
   return loss_fn

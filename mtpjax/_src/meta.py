@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mtpjax._src import adapt as adapt_lib
@@ -27,6 +28,9 @@ from mtpjax._src import types
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
+  """A meta-learning algorithm as a choice over roles and a meta-gradient rule (see the
+  module docstring for the fields); ALGORITHMS holds the presets, get_algorithm overrides."""
+
   name: str
   rule: str = "maml"  # "maml" | "reptile"
   fast: Optional[tuple[str, ...]] = None
@@ -133,10 +137,41 @@ class MetaLearner(NamedTuple):
   prepare_episode: Callable[..., Any] = lambda params, episode: episode
 
 
+def _check_int(name, value, allow_zero=False):
+  """A static count (steps, tasks): a Python int (not a bool or a float like 1.5)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+  _check_positive(name, value, allow_zero)
+
+
 def _check_positive(name, value, allow_zero=False):
   ok = value >= 0 if allow_zero else value > 0
   if not ok or (isinstance(value, float) and not math.isfinite(value)):
     raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value!r}")
+
+
+def check_outputs_cover_ways(loss_fn, params, sample, what: str) -> None:
+  """A classifier with fewer outputs than a task family's ways would see labels past its last
+  class (NaN loss, chance accuracy, no error): checked from shapes alone, before compiling.
+
+  Applies when `sample` is a family's bound method with a `ways` field, its labels are
+  integers, and `loss_fn` was made by `supervised` (it records the model's apply).
+  """
+  ways = getattr(getattr(sample, "__self__", None), "ways", None)
+  apply = getattr(loss_fn, "model_apply", None)
+  if ways is None or apply is None:
+    return
+  ep = jax.eval_shape(sample, jax.random.key(0))
+  if not jnp.issubdtype(ep.support.y.dtype, jnp.integer):
+    return
+  try:
+    out = jax.eval_shape(apply, params, ep.support.x)
+  except Exception:  # e.g. a model that needs a task representation: nothing to check here
+    return
+  if out.ndim >= 1 and out.shape[-1] < ways:
+    raise ValueError(f"{what}: the model gives {out.shape[-1]} outputs per example, but the "
+                     f"task family's episodes have ways={ways} (labels 0..{ways - 1}); build "
+                     f"the head with {ways} outputs, e.g. linear_head({ways})")
 
 
 def check_episode_shapes(episode: Any, what: str = "episode", *, batched: bool = False) -> None:
@@ -200,9 +235,9 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
   >>> state, metrics = learner.step(state)                                     # doctest: +SKIP
   """
   algo = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
-  _check_positive("inner_steps", inner_steps, allow_zero=True)
+  _check_int("inner_steps", inner_steps, allow_zero=True)
   _check_positive("inner_lr", inner_lr)
-  _check_positive("meta_batch_size", meta_batch_size)
+  _check_int("meta_batch_size", meta_batch_size)
   if algo.rule == "reptile" and inner_steps == 0:
     raise ValueError("reptile needs inner_steps >= 1: with 0 steps its update is zero")
   if algo.rule not in ("maml", "reptile"):
@@ -253,6 +288,8 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       raise ValueError(f"algorithm {algo.name!r} meta-learns roles {list(algo.outer)}, none of "
                        f"which is in the parameters (roles {sorted(params)})")
     adapt_lib.check_roles(params, algo.reset, f"algorithm {algo.name!r} resets")
+    if sample is not None:
+      check_outputs_cover_ways(loss_fn, params, sample, "meta_learner")
     # A copy: the step donates the state, which must not delete the caller's arrays.
     params = jax.tree.map(jnp.copy, dict(params))
     for r in algo.reset:  # never meta-learned, so zero for every task
@@ -276,6 +313,9 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
         return jnp.mean(losses), aux
       (loss, aux), grads = jax.value_and_grad(meta_loss, has_aux=True)(outer_params)
     else:  # Reptile: move toward the mean of the adapted parameters.
+      # mean(params - adapted), not params - mean(adapted): where no task moves a parameter
+      # (a ReLU unit dead on every task) the direction is then exactly zero, where the other
+      # form leaves float32 rounding noise that Adam's first step divides by ~eps.
       def one(ep):
         ep = prepare_episode(params, ep)
         bound = bind(params, ep.support)
@@ -283,7 +323,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
         return adapted, bound(adapted, ep.query), aux
       adapted, losses, aux = jax.vmap(one)(tasks)
       loss = jnp.mean(losses)
-      grads = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), outer_params,
+      grads = jax.tree.map(lambda p, a: jnp.mean(p[None] - a, axis=0), outer_params,
                            {r: adapted[r] for r in outer_params})
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     if inner_steps > 0:

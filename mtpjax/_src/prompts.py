@@ -26,6 +26,9 @@ COMPOSE_MODES = ("add", "concat", "mpt")
 
 
 class Prompt(NamedTuple):
+  """A prompt kind: init(key) -> (shared part, task part) and apply(shared, task, ...) ->
+  what the backbone consumes; `weights` gives an ensemble's mixing distribution."""
+
   init: Callable[[types.PRNGKey], tuple]
   apply: Callable[..., types.ArrayTree]
   weights: Optional[Callable[..., types.Array]] = None  # ensembles: the mixing distribution

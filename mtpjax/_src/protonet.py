@@ -17,6 +17,9 @@ from mtpjax._src import types
 
 
 class ProtoNet(NamedTuple):
+  """ProtoNet's functions: task_repr (the prototypes of a support set), logits, and the loss
+  and accuracy that take those prototypes as task_repr."""
+
   task_repr: Callable[[types.Params, types.Batch], types.Array]  # -> prototypes [ways, d]
   logits: Callable[..., types.Array]     # logits(params, x, prototypes) -> [n, ways]
   loss_fn: types.LossFn                  # loss_fn(params, batch, task_repr=prototypes)

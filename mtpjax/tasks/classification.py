@@ -13,6 +13,8 @@ from mtpjax._src import types
 
 
 class ClassEpisodes(NamedTuple):
+  """A class-episode task family on the device (made by episodes()): sample(key) -> Episode."""
+
   data: types.Array  # [classes, examples_per_class, ...]
   ways: int
   shots: int

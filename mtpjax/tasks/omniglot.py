@@ -41,14 +41,26 @@ def load_npz(path: Optional[str] = None, *, nearest: bool = False) -> dict:
     raise FileNotFoundError(f"Omniglot: no file at {path}. Expected {NPZ_NAME} with arrays "
                             f"background/evaluation [n, 20, 28, 28] uint8; set ${DATA_ENV} or "
                             "pass the path.")
-  with np.load(path) as f:  # allow_pickle stays False: a pickled array raises here
+  try:
+    f = np.load(path)  # allow_pickle stays False: a pickled array raises below
+  except (ValueError, OSError, EOFError) as e:
+    raise ValueError(f"Omniglot: {path} is not a readable .npz file ({e}); expected "
+                     f"{NPZ_NAME} with arrays background/evaluation [n, 20, 28, 28] uint8") from None
+  if not hasattr(f, "files"):
+    raise ValueError(f"Omniglot: {path} holds a single array, not an .npz archive with arrays "
+                     f"background/evaluation")
+  with f:
     suffix = "_nearest" if nearest else ""
     need = [f"{s}{suffix}" for s in SETS] + [f"{s}_{k}" for s in SETS
                                              for k in ("alphabet", "character")]
     missing = [k for k in need if k not in f.files]
     if missing:
       raise ValueError(f"Omniglot: {path} lacks arrays {missing}; it has {sorted(f.files)}")
-    images = [f[f"{s}{suffix}"] for s in SETS]
+    try:
+      images = [f[f"{s}{suffix}"] for s in SETS]
+    except ValueError as e:  # an object array: np.load refuses to unpickle it
+      raise ValueError(f"Omniglot: {path} holds pickled (object) arrays, which are never "
+                       f"loaded: {e}") from None
     for s, im in zip(SETS, images):
       if im.ndim != 4 or im.shape[1:] != (DRAWINGS, 28, 28) or im.dtype != np.uint8:
         raise ValueError(f"Omniglot: {path}:{s}{suffix} has shape {im.shape} {im.dtype}; "

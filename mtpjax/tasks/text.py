@@ -16,6 +16,8 @@ from mtpjax._src import types
 
 
 class TextEpisodes(NamedTuple):
+  """A text task family on the device (made by episodes()): sample(key) -> Episode."""
+
   ids: types.Array      # [n, T] int32 token ids of every example (padding id 0)
   index: types.Array    # [classes, max_count] int32 rows of each class (padded with 0)
   counts: types.Array   # [classes] int32 examples per class
