@@ -85,6 +85,10 @@ def check_config(config: ml_collections.ConfigDict, algorithms=None) -> None:
   if not eval_steps or any((not isinstance(s, int)) or s < 0 for s in eval_steps):
     raise ValueError(f"config.eval_inner_steps must be a non-empty list of integers >= 0, "
                      f"got {eval_steps!r}")
+  factor = config.get("divergence_factor", 0.0)
+  if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
+      factor == 0 or factor > 1):
+    raise ValueError(f"config.divergence_factor must be 0 (off) or > 1, got {factor!r}")
   if config.nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy must be 'stop' or 'skip', got {config.nan_policy!r}")
 
@@ -138,21 +142,85 @@ def _all_finite(tree):
 
 
 def _read_jsonl(path, max_step=None):
+  """The metric rows of metrics.jsonl up to max_step, skipping damaged lines with a warning.
+
+  A line is damaged when it is not UTF-8, not JSON (e.g. cut short by a crash), not an object,
+  or has no integer "step". Damaged lines are dropped (the file is rewritten from the rows
+  kept), so one bad line never blocks a resume.
+  """
   if not os.path.exists(path):
     return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
+  rows, damaged = [], []
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
       try:
+        line = raw.decode("utf-8").strip()
+        if not line:
+          continue
         row = json.loads(line)
-      except json.JSONDecodeError:  # a line cut short by a crash
+      except (UnicodeDecodeError, json.JSONDecodeError):
+        damaged.append(number)
         continue
-      if max_step is None or row.get("step", 0) <= max_step:
+      step = row.get("step") if isinstance(row, dict) else None
+      if isinstance(step, bool) or not isinstance(step, int):
+        damaged.append(number)
+        continue
+      if max_step is None or step <= max_step:
         rows.append(row)
+  if damaged:
+    shown = ", ".join(map(str, damaged[:20])) + (" ..." if len(damaged) > 20 else "")
+    warnings.warn(f"{path}: skipped {len(damaged)} damaged line(s) (not UTF-8, not JSON, or "
+                  f"without an integer step): line {shown}")
   return rows
+
+
+class WorkdirLocked(RuntimeError):
+  pass
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on workdir for the run (workdir/.lock: pid and host).
+
+  The lock is an flock, which the kernel releases when its process dies, so a lock file left
+  by a killed run is taken over (with a warning naming the old owner). A second run on a
+  workdir in use exits at once, naming the owner.
+  """
+  import fcntl
+  import socket
+  path = os.path.join(workdir, ".lock")
+  f = open(path, "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    owner = f.read().strip() or "another process"
+    f.close()
+    raise WorkdirLocked(f"{workdir} is in use by {owner}; wait for it to finish, stop it, or "
+                        f"use another --workdir") from None
+  f.seek(0)
+  previous = f.read().strip()
+  if previous:
+    warnings.warn(f"{workdir}: taking over the lock left by {previous}, which is no longer "
+                  f"running")
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()} on host {socket.gethostname()}")
+  f.flush()
+  try:
+    yield
+  finally:
+    f.seek(0)
+    f.truncate()
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
+def check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file, not a directory; pass a directory path "
+                     f"(it is created if absent)")
 
 
 def _write_json(path, obj):
@@ -172,9 +240,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
                        *, allow_config_change: bool = False) -> dict:
   """Meta-trains `experiment` for config.num_steps (resuming from workdir), then evaluates.
 
-  Returns the results dict that is also written to workdir/results.json.
+  Returns the results dict that is also written to workdir/results.json. The workdir is
+  locked for the run: a second run on it fails at once, naming this one's pid and host.
   """
+  check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir, experiment,
+                               allow_config_change=allow_config_change)
+
+
+def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
   cfg = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
   learner = experiment.learner
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
@@ -211,12 +287,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
     timing["compile_seconds"] = compile_before + compiled["seconds"]
     return ckpt.save(state, {"config": cfg, "timing": timing})
 
-  def nan_message(step, what):
+  def cause():
     steps = ckpt.steps()
     last = os.path.join(ckpt.directory, str(steps[-1])) if steps else "none (no checkpoint yet)"
-    return (f"non-finite {what} at meta-step {step}. Last good checkpoint: {last}. Likely "
-            f"causes: the inner learning rate (config.inner_lr={config.inner_lr}) or the outer "
-            f"one (config.outer_lr={config.outer_lr}) is too large for this model; lower it"
+    return (f"Last good checkpoint: {last}. Likely causes: the inner learning rate "
+            f"(config.inner_lr={config.inner_lr}) or the outer one (config.outer_lr="
+            f"{config.outer_lr}) is too large for this model; lower it")
+
+  def nan_message(step, what):
+    return (f"non-finite {what} at meta-step {step}. {cause()}"
             + (", or set config.nan_policy='skip' to skip non-finite updates." if
                config.nan_policy == "stop" else "."))
 
@@ -263,6 +342,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
           bad = sorted(k for k, v in row.items() if v is not None and not math.isfinite(v))
           if bad:
             raise NonFiniteError(nan_message(step, " and ".join(bad)))
+        factor = config.get("divergence_factor", 0.0)
+        early = history[0]["loss"]
+        if factor and math.isfinite(early) and row["loss"] > factor * max(abs(early), 1e-12):
+          raise NonFiniteError(
+              f"diverging: the loss at meta-step {step} is {row['loss']:.4g}, more than "
+              f"config.divergence_factor={factor:g} times its first logged value {early:.4g} "
+              f"(step {history[0]['step']}). {cause()}, or raise config.divergence_factor (0 turns "
+              f"the check off).")
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(step - bar.n)
         window, t_log, window_steps = [], now, 0
@@ -306,15 +393,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
   return results
 
 
+def format_value(v) -> str:
+  """A table cell: 4 decimals in the usual range, scientific notation when huge or tiny, and
+  nan / inf spelled out, so columns never run together."""
+  if v is None:
+    return "-"
+  v = float(v)
+  if not math.isfinite(v):
+    return str(v)
+  if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+    return f"{v:.3e}"
+  return f"{v:.4f}"
+
+
 def results_table(results: dict) -> str:
   lines = [f"{results['benchmark']} / {results['algorithm']}: {results['num_steps']} meta-steps, "
            + (f"{results['meta_steps_per_sec']:.0f} meta-steps/s, " if results['meta_steps_per_sec'] else "")
            + f"{results['backend']}",
-           f"{'metric':<10}{'setting':<12}{'inner steps':>12}{'mean':>10}{'95% CI':>10}"
-           f"{'episodes':>10}{'diverged':>10}"]
+           f"{'metric':<10} {'setting':<12} {'inner steps':>11} {'mean':>11} {'95% CI':>11} "
+           f"{'episodes':>9} {'diverged':>9}"]
   for r in results["rows"]:
-    lines.append(f"{r['metric']:<10}{r['setting']:<12}{r['inner_steps']:>12}{r['mean']:>10.4f}"
-                 f"{r['ci95']:>10.4f}{r['episodes']:>10}{r.get('nonfinite', 0):>10}")
+    lines.append(f"{r['metric']:<10} {r['setting']:<12} {r['inner_steps']:>11} "
+                 f"{format_value(r['mean']):>11} {format_value(r['ci95']):>11} "
+                 f"{r['episodes']:>9} {r.get('nonfinite', 0):>9}")
   return "\n".join(lines)
 
 
@@ -352,9 +453,16 @@ def plot_training_curve(workdir: str, history: list, *, metric: str, title: str)
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
   steps = [h["step"] for h in history]
-  ax.plot(steps, [h["loss"] for h in history], label=f"query {metric} after adaptation")
+  # A single logged point draws no line: show it as a marker and say why the curve is short.
+  style = "o-" if len(history) < 2 else "-"
+  if len(history) < 2:
+    title += (f"\n(only {len(history)} logged point: config.log_every >= the steps run; lower "
+              f"it for a curve)")
+    warnings.warn("training_curve.png has a single point: config.log_every is at least the "
+                  "number of meta-steps run; lower it for a curve")
+  ax.plot(steps, [h["loss"] for h in history], style, label=f"query {metric} after adaptation")
   if "support_loss" in history[0]:
-    ax.plot(steps, [h["support_loss"] for h in history], alpha=0.7,
+    ax.plot(steps, [h["support_loss"] for h in history], style, alpha=0.7,
             label=f"support {metric} before adaptation")
   ax.set(xlabel="meta-step", ylabel=f"{metric} (mean over log window)", yscale="log", title=title)
   ax.legend()
@@ -384,12 +492,29 @@ def apply_xla_flags(extra: Optional[str]) -> None:
   os.environ["XLA_FLAGS"] = " ".join([current] + new).strip()
 
 
+def _check_config_flags(argv, default_config) -> None:
+  """Exits with one clear line for an unknown --config.FIELD (absl would bury its "did you
+  mean" under three tracebacks)."""
+  import difflib
+  known = set(default_config.keys())
+  for arg in argv:
+    if arg.startswith("--config."):
+      field = arg[len("--config."):].split("=", 1)[0].split(".", 1)[0]
+      if field not in known:
+        close = difflib.get_close_matches(field, sorted(known), n=1)
+        hint = f"; did you mean --config.{close[0]}?" if close else ""
+        print(f"error: unknown config field {field!r}{hint} Known fields: "
+              f"{', '.join(sorted(known))}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable,
          algorithms=None) -> None:
   """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...]."""
   from absl import app, flags
   from ml_collections import config_flags
 
+  _check_config_flags(sys.argv[1:], default_config)
   flags.DEFINE_string("workdir", None, "directory for config, metrics, checkpoints, results",
                       required=True)
   flags.DEFINE_bool("allow_config_change", False,

@@ -39,6 +39,11 @@ def parse_settings(settings, num_classes):
 
 def load_split(config):
   data = mj.tasks.omniglot.load_npz(config.data_path)
+  n = data["images"].shape[0]
+  if not 0 < config.num_train_characters < n:
+    raise ValueError(f"config.num_train_characters={config.num_train_characters} must be in "
+                     f"(0, {n}): the data holds {n} characters and the test split needs the "
+                     f"rest")
   split = mj.tasks.omniglot.maml_split(data, seed=config.split_seed,
                                        num_train=config.num_train_characters)
   to_float = lambda a: jnp.asarray(a, jnp.float32) / 255.0

@@ -176,6 +176,13 @@ def test_tiny_checkpoint_matches_an_independent_numpy_bert(tmp_path):
     np.testing.assert_allclose(cls, want[:, 0], atol=2e-5)
 
 
+def test_a_task_model_checkpoint_with_bert_prefixed_tensors_loads_its_encoder(tmp_path, tiny):
+  t = {"bert." + k: v for k, v in hf_tensors().items()}
+  t["classifier.weight"] = np.zeros((4, 16), np.float32)
+  enc = mj.pretrained.load(write_checkpoint(str(tmp_path / "task"), tensors=t))
+  jax.tree.map(np.testing.assert_array_equal, enc.params, tiny.params)
+
+
 def test_padding_cannot_change_real_positions(tiny):
   ids8, _ = tiny.tokenize(SENTENCES[:3], 8)
   ids20, mask20 = tiny.tokenize(SENTENCES[:3], 20)

@@ -36,3 +36,23 @@ def test_readme_prompt_example_runs():
   np.testing.assert_array_equal(  # the encoder was frozen
       state.params["shared"]["token_embed"]["embedding"],
       params["shared"]["token_embed"]["embedding"])
+
+
+def test_readme_pretrained_example_runs():
+  from mtpjax.tasks import omniglot
+  data = omniglot.default_data_dir()
+  if not os.path.isfile(os.path.join(data, "all-MiniLM-L6-v2", "model.safetensors")):
+    import pytest
+    pytest.skip(f"the pretrained checkpoint is not under {data}")
+  blocks = python_blocks()
+  assert len(blocks) >= 3, "README lost its pretrained-encoder example"
+  namespace = {}
+  exec(compile(blocks[2], "README.md", "exec"), namespace)
+  assert namespace["emb"].shape == (2, 384)
+  np.testing.assert_allclose(np.linalg.norm(namespace["emb"], axis=-1), 1.0, rtol=1e-5)
+  state, params, res = namespace["state"], namespace["params"], namespace["res"]
+  acc = res.summary()["accuracy"]
+  assert set(acc) == {0, 1} and acc[0][0] > 0.6  # far above chance (0.2) on held-out intents
+  assert not np.allclose(state.params["prompt"], params["prompt"])  # meta-learned
+  np.testing.assert_array_equal(state.params["shared"]["layers"]["query"]["kernel"],
+                                params["shared"]["layers"]["query"]["kernel"])  # frozen

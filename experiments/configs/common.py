@@ -22,6 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.nan_policy = "stop"         # "stop": raise at the log step; "skip": skip non-finite updates
   c.nan_max_skips = 10          # with "skip": give up after this many non-finite updates in a row
+  # Stop when the logged loss exceeds this many times its first logged value (a run that is
+  # diverging but still finite, e.g. 2e6 against 3); 0 turns the check off.
+  c.divergence_factor = 1000.0
   c.progress = True
   # Meta-steps per jitted call (learner.run: a lax.scan over steps). XLA then allocates its
   # temporaries once per call; on the CPU with glibc's malloc that saves most page faults
