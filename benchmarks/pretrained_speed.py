@@ -16,6 +16,9 @@ Three measurements, printed as tables and saved to OUT/pretrained_speed.json wit
 
   python -m benchmarks.pretrained_speed --peer_python /path/to/torch-venv/bin/python \
       [--sentences 4000] [--rounds 2] [--steps 3] [--out runs/pretrained_speed]
+  python -m benchmarks.pretrained_speed --markdown runs/pretrained_speed/pretrained_speed.json
+
+The second form prints the README's tables from a saved result, running nothing.
 """
 
 import argparse
@@ -111,8 +114,39 @@ def bench_step(learner, state, steps):
           "temp_bytes": int(temp), "compile_s": compiled["seconds"]}
 
 
+def markdown(result) -> str:
+  """The README's tables from a pretrained_speed.json."""
+  out = []
+  e = result.get("encode")
+  if e:
+    fmt = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
+    out += ["| what | mtpjax | sentence-transformers |", "|---|---|---|",
+            f"| encoding {e['sentences']:,} CLINC150 utterances at max length {MAX_LEN}, batch "
+            f"{result['config']['batch_size']} (median of {len(e['mtpjax_per_s'])} rounds) | "
+            f"{e['mtpjax_median']:.0f} sentences/s ({fmt(e['mtpjax_per_s'])}) | "
+            + (f"{e['peer_median']:.0f} sentences/s ({fmt(e['peer_per_s'])}) |" if "peer_median"
+               in e else "- |"), ""]
+    if "ratio" in e:
+      out += [f"ratio {e['ratio']:.2f}x; max |difference| of the embeddings {e['max_abs_diff']:.1e}",
+              ""]
+  if result.get("maml"):
+    out += ["| inner steps | remat | meta-steps/s | compiled temporary memory |",
+            "|---|---|---|---|"]
+    out += [f"| {r['inner_steps']} | {'yes' if r['remat'] else 'no'} | {r['steps_per_s']:.3f} | "
+            f"{r['temp_bytes'] / 2**20:,.0f} MiB |" for r in result["maml"]]
+    out.append("")
+  if result.get("late"):
+    late = result["late"]
+    out.append(f"late prompt at layer 4 (cached): {late['layer4_cached']['steps_per_s']:.3f} "
+               f"meta-steps/s; at the input: {late['input']['steps_per_s']:.3f}; "
+               f"{late['speedup']:.2f}x")
+  return "\n".join(out)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--markdown", default=None,
+                      help="print the README tables of this pretrained_speed.json and exit")
   parser.add_argument("--peer_python", default=None)
   parser.add_argument("--data_dir", default=omniglot.default_data_dir())
   parser.add_argument("--sentences", type=int, default=4000)
@@ -124,6 +158,10 @@ def main():
   parser.add_argument("--skip", default="", help="comma list of parts to skip: encode,maml,late")
   parser.add_argument("--out", default="runs/pretrained_speed")
   args = parser.parse_args()
+  if args.markdown:
+    with open(args.markdown) as f:
+      print(markdown(json.load(f)))
+    return
   skip = set(filter(None, args.skip.split(",")))
   enc = mj.pretrained.load(os.path.join(args.data_dir, "all-MiniLM-L6-v2"))
   result = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
@@ -165,6 +203,7 @@ def main():
   path = os.path.join(args.out, "pretrained_speed.json")
   json.dump(result, open(path, "w"), indent=1)
   print(f"wrote {path}")
+  print(markdown(result))
   if result.get("maml"):
     plot(result["maml"], os.path.join(args.out, "pretrained_prompt_maml_memory.png"))
 

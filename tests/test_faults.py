@@ -59,6 +59,14 @@ def test_a_head_with_fewer_outputs_than_the_ways_is_an_error_before_compiling():
                 key=jax.random.key(0), num_tasks=2)
 
 
+def test_token_ids_past_the_vocabulary_are_caught_when_the_data_set_is_built():
+  data = np.ones((4, 3, 5), np.int32)
+  data[2, 1, 3] = 200
+  with pytest.raises(ValueError, match=r"token ids must lie in \[0, 200\).*found \[1, 200\]"):
+    mj.tasks.classification.episodes(data, ways=2, shots=1, queries=1, vocab_size=200)
+  mj.tasks.classification.episodes(data, ways=2, shots=1, queries=1, vocab_size=201)
+
+
 def test_counts_that_are_not_integers_name_the_argument():
   loss_fn = lambda p, b: jnp.sum(p["shared"])
   with pytest.raises(ValueError, match=r"inner_steps must be an integer, got 1.5"):

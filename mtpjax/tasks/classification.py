@@ -4,10 +4,11 @@ The whole data set lives on the device as one array [classes, examples_per_class
 episode is a gather, so the sampler runs inside the jitted meta-step with no host work.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtpjax._src import types
 
@@ -41,8 +42,12 @@ class ClassEpisodes(NamedTuple):
     return types.Episode(support, query)
 
 
-def episodes(data, *, ways: int, shots: int, queries: int, name: str = "data") -> ClassEpisodes:
+def episodes(data, *, ways: int, shots: int, queries: int, name: str = "data",
+             vocab_size: Optional[int] = None) -> ClassEpisodes:
   """Validated constructor: errors name the field and what the data allows.
+
+  vocab_size: for token data, ids must lie in [0, vocab_size); checked once here, not per
+  episode (an id past an embedding table gives garbage, not an error, on accelerators).
 
   >>> fam = episodes(jnp.zeros((20, 5, 28, 28)), ways=5, shots=1, queries=2)
   >>> fam.sample(jax.random.key(0)).support.x.shape
@@ -62,4 +67,9 @@ def episodes(data, *, ways: int, shots: int, queries: int, name: str = "data") -
   if shots + queries > per_class:
     raise ValueError(f"shots + queries = {shots} + {queries} exceeds the {per_class} examples "
                      f"per class in {name}")
+  if vocab_size is not None:
+    lo, hi = int(np.min(data)), int(np.max(data))
+    if lo < 0 or hi >= vocab_size:
+      raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}) for a vocabulary of "
+                       f"{vocab_size}, found [{lo}, {hi}]")
   return ClassEpisodes(jnp.asarray(data), ways, shots, queries)
