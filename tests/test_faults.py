@@ -67,6 +67,13 @@ def test_token_ids_past_the_vocabulary_are_caught_when_the_data_set_is_built():
   mj.tasks.classification.episodes(data, ways=2, shots=1, queries=1, vocab_size=201)
 
 
+def test_nan_in_the_data_is_caught_when_the_data_set_is_built():
+  data = np.zeros((4, 3, 2), np.float32)
+  data[1, 2, 0] = np.nan
+  with pytest.raises(ValueError, match="1 values are NaN or inf"):
+    mj.tasks.classification.episodes(data, ways=2, shots=1, queries=1)
+
+
 def test_counts_that_are_not_integers_name_the_argument():
   loss_fn = lambda p, b: jnp.sum(p["shared"])
   with pytest.raises(ValueError, match=r"inner_steps must be an integer, got 1.5"):

@@ -8,7 +8,6 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mtpjax._src import types
 
@@ -67,8 +66,13 @@ def episodes(data, *, ways: int, shots: int, queries: int, name: str = "data",
   if shots + queries > per_class:
     raise ValueError(f"shots + queries = {shots} + {queries} exceeds the {per_class} examples "
                      f"per class in {name}")
+  # On the device where the data already is: one reduction, no host copy of the set.
+  if jnp.issubdtype(data.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(data))):
+    bad = int(jnp.sum(~jnp.isfinite(data)))
+    raise ValueError(f"{name}: {bad} values are NaN or inf; they would make every loss that "
+                     f"touches them NaN")
   if vocab_size is not None:
-    lo, hi = int(np.min(data)), int(np.max(data))
+    lo, hi = int(jnp.min(data)), int(jnp.max(data))
     if lo < 0 or hi >= vocab_size:
       raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}) for a vocabulary of "
                        f"{vocab_size}, found [{lo}, {hi}]")
