@@ -457,3 +457,63 @@ def test_tokenizer_handles_unicode_and_the_empty_string(tiny):
   emb = mj.pretrained.encode(tiny, ["", "😀 ☃ 我的 café"], max_len=10)
   assert np.all(np.isfinite(emb))
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
+
+
+# --- Labelled text sets from JSONL ---------------------------------------------------------
+
+def write_jsonl(path, rows, extra_lines=()):
+  with open(path, "w", encoding="utf-8") as f:
+    for r in rows:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    for line in extra_lines:
+      f.write(line + "\n")
+  return str(path)
+
+
+def test_load_jsonl_reads_intents_or_labels_and_ignores_extra_fields(tmp_path):
+  rows = [{"text": t, "intent": i, "domain": d, "split": "train", "whatever": [1]}
+          for t, i, d in [("freeze my card", "lost_card", "cards"), ("", "lost_card", "cards"),
+                          ("我的卡丢了 😀", "lost_card", "cards"), ("balance?", "balance", "bank"),
+                          ("how much money", "balance", "bank"), ("hi", "oos", "oos")]]
+  rows.append({"text": "val line", "intent": "balance", "domain": "bank", "split": "val"})
+  with pytest.warns(UserWarning, match="left out 1 examples"):
+    ts = mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "a.jsonl", rows), splits=("train",))
+  assert ts.classes == ["balance", "lost_card"] and ts.groups == ["bank", "cards"]
+  assert ts.labels.tolist() == [1, 1, 1, 0, 0] and ts.texts[1] == "" and "val line" not in ts.texts
+  assert ts.classes_in(["cards"]) == ["lost_card"]
+  sub = ts.subset(["lost_card"])
+  assert sub.labels.tolist() == [0, 0, 0] and sub.groups == ["cards"]
+  labelled = [{"text": f"t{i}", "label": i % 3 - 1} for i in range(9)]  # -1 is left out
+  with pytest.warns(UserWarning, match="negative labels"):
+    ts = mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "b.jsonl", labelled))
+  assert ts.classes == ["0", "1"] and ts.groups is None and len(ts.texts) == 6
+
+
+def test_load_jsonl_errors_name_the_line(tmp_path):
+  ok = {"text": "a", "intent": "x"}
+  with pytest.raises(ValueError, match=r"c.jsonl, line 2 is not JSON"):
+    mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "c.jsonl", [ok], ["{broken"]))
+  with pytest.raises(ValueError, match=r"line 2 needs a string field 'text'"):
+    mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "d.jsonl", [ok, {"intent": "x"}]))
+  with pytest.raises(ValueError, match=r"line 1 needs 'intent' \(a class name\) or an integer"):
+    mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "e.jsonl", [{"text": "a", "label": "x"}]))
+  with pytest.raises(ValueError, match=r"class 'x' is in domain 'b' here and 'a' before"):
+    mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "f.jsonl", [
+        {**ok, "domain": "a"}, {**ok, "domain": "b"}]))
+  with pytest.raises(FileNotFoundError):
+    mj.tasks.text.load_jsonl(str(tmp_path / "absent.jsonl"))
+  ts = mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "g.jsonl", [ok]))
+  with pytest.raises(ValueError, match="unknown classes"):
+    ts.subset(["y"])
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, "clinc150.jsonl")),
+                    reason=f"clinc150.jsonl not found under {DATA}")
+def test_clinc150_has_150_intents_in_10_domains_without_out_of_scope():
+  # Out-of-scope lines have their own splits (oos_train, ...), so split="train" drops them.
+  ts = mj.tasks.text.load_jsonl(os.path.join(DATA, "clinc150.jsonl"), splits=("train",))
+  assert len(ts.classes) == 150 and len(set(ts.groups)) == 10 and "oos" not in ts.classes
+  assert np.bincount(ts.labels).tolist() == [100] * 150
+  banking = ts.classes_in(["banking"])
+  assert len(banking) == 15
+  assert set(banking).isdisjoint(ts.classes_in(["credit_cards"]))

@@ -6,6 +6,9 @@ rows live on the device with a padded index [classes, max_count] of each class's
 episode is a gather inside the jitted step, as for Omniglot.
 """
 
+import json
+import os
+import warnings
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -105,3 +108,106 @@ def episodes(ids, labels, *, ways: int, shots: int, queries: int,
     index[c, :rows.size] = rows
   return TextEpisodes(jnp.asarray(ids, jnp.int32), jnp.asarray(index), jnp.asarray(counts, jnp.int32),
                       ways, shots, queries)
+
+
+class TextSet(NamedTuple):
+  """A labelled text set on the host: texts [n], labels [n] in [0, len(classes)), the class
+  names, and each class's group (its "domain" field, or None when the file has none)."""
+
+  texts: list
+  labels: np.ndarray
+  classes: list
+  groups: Optional[list]
+
+  def subset(self, classes: Sequence[str]) -> "TextSet":
+    """The examples of the named classes, relabelled 0..len(classes)-1 in the given order."""
+    unknown = [c for c in classes if c not in self.classes]
+    if unknown:
+      raise ValueError(f"subset: unknown classes {unknown[:5]}; the set has {len(self.classes)} "
+                       f"classes, e.g. {self.classes[:5]}")
+    new = {self.classes.index(c): i for i, c in enumerate(classes)}
+    keep = [i for i, y in enumerate(self.labels) if int(y) in new]
+    groups = None if self.groups is None else [self.groups[self.classes.index(c)] for c in classes]
+    return TextSet([self.texts[i] for i in keep],
+                   np.array([new[int(self.labels[i])] for i in keep], np.int32), list(classes),
+                   groups)
+
+  def classes_in(self, groups: Sequence[str]) -> list:
+    """The classes whose group is one of `groups`, in the set's order."""
+    if self.groups is None:
+      raise ValueError("classes_in: the set has no groups (its lines have no 'domain' field)")
+    unknown = sorted(set(groups) - set(self.groups))
+    if unknown:
+      raise ValueError(f"classes_in: unknown groups {unknown}; the set has "
+                       f"{sorted(set(self.groups))}")
+    return [c for c, g in zip(self.classes, self.groups) if g in groups]
+
+
+def load_jsonl(path: str, *, exclude: Sequence[str] = ("oos",),
+               splits: Optional[Sequence[str]] = None) -> TextSet:
+  """Reads a JSONL file of labelled texts: one object per line with "text" and "intent" (a
+  class name) or an integer "label"; "domain" (the class's group) and "split" are optional,
+  other fields are ignored.
+
+  Args:
+    path: the file.
+    exclude: class names left out (CLINC150's out-of-scope "oos"); integer labels below 0 are
+      always left out. How many were left out is warned about.
+    splits: keep only lines whose "split" is one of these (e.g. ("train",)); None keeps all.
+
+  Classes are sorted by name (integer labels by value), so the same file always gives the same
+  class indices. Errors name the file, the line and what is wrong.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"load_jsonl: no file at {path}")
+  texts, names, domains = [], [], {}
+  dropped = 0
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      where = f"{path}, line {number}"
+      try:
+        line = raw.decode("utf-8").strip()
+      except UnicodeDecodeError:
+        raise ValueError(f"load_jsonl: {where} is not UTF-8") from None
+      if not line:
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"load_jsonl: {where} is not JSON: {e}") from None
+      if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise ValueError(f"load_jsonl: {where} needs a string field 'text'")
+      if "intent" in row:
+        name = row["intent"]
+        if not isinstance(name, str):
+          raise ValueError(f"load_jsonl: {where}: 'intent' must be a string, got {name!r}")
+      elif isinstance(row.get("label"), int) and not isinstance(row.get("label"), bool):
+        if row["label"] < 0:
+          dropped += 1
+          continue
+        name = row["label"]
+      else:
+        raise ValueError(f"load_jsonl: {where} needs 'intent' (a class name) or an integer "
+                         f"'label'")
+      if splits is not None and row.get("split") not in splits:
+        continue
+      if name in exclude:
+        dropped += 1
+        continue
+      texts.append(row["text"])
+      names.append(name)
+      if "domain" in row:
+        if domains.setdefault(name, row["domain"]) != row["domain"]:
+          raise ValueError(f"load_jsonl: {where}: class {name!r} is in domain "
+                           f"{row['domain']!r} here and {domains[name]!r} before")
+  if not texts:
+    raise ValueError(f"load_jsonl: {path} has no examples (after splits={splits}, "
+                     f"exclude={list(exclude)})")
+  if dropped:
+    warnings.warn(f"load_jsonl: left out {dropped} examples of excluded classes "
+                  f"{list(exclude)} or negative labels in {path}")
+  classes = sorted(set(names), key=lambda c: (isinstance(c, str), c))
+  index = {c: i for i, c in enumerate(classes)}
+  labels = np.array([index[n] for n in names], np.int32)
+  groups = [domains.get(c) for c in classes] if len(domains) == len(classes) else None
+  return TextSet(texts, labels, [str(c) for c in classes], groups)
