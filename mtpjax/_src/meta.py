@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from mtpjax._src import adapt as adapt_lib
+from mtpjax._src import sharding as sharding_lib
 from mtpjax._src import types
 
 
@@ -204,7 +205,8 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
                  unroll: Union[int, bool, str] = "auto", donate: bool = True,
                  jit: bool = True,
                  task_repr: Optional[Callable[[types.Params, types.Batch], Any]] = None,
-                 prepare: Optional[Callable[[types.Params, Any], Any]] = None
+                 prepare: Optional[Callable[[types.Params, Any], Any]] = None,
+                 mesh: Optional[jax.sharding.Mesh] = None
                  ) -> MetaLearner:
   """Builds a meta-learner: the inner loop, the meta-gradient and one jitted outer step.
 
@@ -229,6 +231,10 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       below a late prompt once per sentence instead of once per inner step. It sees only the
       roles that do not adapt (a cache of an adapting role would be stale: that is an error),
       and gradients reach the meta-learned roles through it.
+    mesh: optional device mesh with a "tasks" axis (mj.task_mesh()): the meta-batch is split
+      over its devices and the state replicated, in one jitted step; the same seed gives the
+      same tasks and (to float rounding) the same step on any device count. meta_batch_size
+      must divide over the axis.
 
   >>> learner = meta_learner(loss_fn, optax.adam(1e-3), sample=family.sample)  # doctest: +SKIP
   >>> state = learner.init(params, key=jax.random.key(0))                      # doctest: +SKIP
@@ -242,6 +248,8 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     raise ValueError("reptile needs inner_steps >= 1: with 0 steps its update is zero")
   if algo.rule not in ("maml", "reptile"):
     raise ValueError(f"unknown meta-gradient rule {algo.rule!r}; known: 'maml', 'reptile'")
+  if mesh is not None:
+    sharding_lib.check_mesh(mesh, meta_batch_size)
 
   def _lr(params):
     return params[types.INNER_LR] if algo.learn_inner_lr else inner_lr
@@ -302,8 +310,9 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       raise ValueError(f"algorithm {algo.name!r} meta-learns nothing: every outer role is reset "
                        f"({list(algo.reset)})")
     outer, _ = adapt_lib.split_roles(params, outer)
-    return MetaState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=optimizer.init(outer), key=key)
+    state = MetaState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(outer), key=key)
+    return state if mesh is None else sharding_lib.replicate(state, mesh)
 
   def meta_grads(params, tasks):
     outer_params, frozen = adapt_lib.split_roles(params, outer_roles(algo, params))
@@ -335,7 +344,11 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       if sample is None:
         raise ValueError("step(state) needs `sample` at construction; else call step(state, tasks)")
       keys = jax.random.split(jax.random.fold_in(state.key, state.step), meta_batch_size)
+      if mesh is not None:  # each device draws and adapts its own tasks
+        keys = sharding_lib.split_tasks(keys, mesh)
       tasks = jax.vmap(sample)(keys)  # Episode with leading axis [tasks]
+    elif mesh is not None:
+      tasks = sharding_lib.split_tasks(tasks, mesh)
     outer_params, frozen, grads, metrics = meta_grads(state.params, tasks)
     updates, opt_state = optimizer.update(grads, state.opt_state, outer_params)
     outer_params = optax.apply_updates(outer_params, updates)
