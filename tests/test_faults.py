@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import types
-import warnings
 
 import jax
 import jax.numpy as jnp

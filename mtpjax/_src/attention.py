@@ -13,6 +13,12 @@ import jax.numpy as jnp
 from mtpjax._src import types
 
 
+def per_example(a: types.Array, n: int, rank: int) -> types.Array:
+  """A prompt array given without its example axis (rank `rank`) broadcast to [n, ...];
+  one that already has it is returned as is."""
+  return jnp.broadcast_to(a, (n,) + a.shape[-rank:]) if a.ndim == rank else a
+
+
 def with_prefix(k: types.Array, v: types.Array, key_mask: types.Array,
                 prefix: Optional[types.Array]):
   """Prepends a prefix's keys and values (P-tuning v2 deep prompts) to a layer's own.

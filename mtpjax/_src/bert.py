@@ -23,8 +23,9 @@ Prompt tokens enter at layer `entry_layer` ("late prompts", Liu et al. 2022):
     embedding LayerNorm. So a prompt made of word embeddings (prompts.from_tokens) computes
     exactly the encoder on the text with those words inserted after [CLS].
   entry_layer = k > 0: they are hidden states inserted at the input of layer k; layers
-    0..k-1 see the text alone, so `lower` computes them once per sentence and `upper` takes
-    that cache (this is what Net.prepare does; see meta_learner(prepare=...)).
+    0..k-1 see the text alone, so `lower` computes them once per sentence and
+    `hidden_states` takes that cache in place of the ids (Net.prepare builds it; see
+    meta_learner(prepare=...)).
 A prompt or prefix of length 0 computes exactly (bitwise) the plain encoder.
 """
 
@@ -44,7 +45,6 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 POOLINGS = ("mean", "cls", "none")
-DENSE = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +135,9 @@ def _dense(p, x):
   return y + _lead(p["bias"], y)
 
 
-def _per_example(a, n, rank):
-  """Broadcasts a context array without its example axis to [n, ...]."""
-  return jnp.broadcast_to(a, (n,) + a.shape[-rank:]) if a.ndim == rank else a
+def _after_cls(a, inserted):
+  """a [n, S, ...] with `inserted` [n, P, ...] placed right after position 0 ([CLS])."""
+  return jnp.concatenate([a[:, :1], inserted.astype(a.dtype), a[:, 1:]], axis=1)
 
 
 def _block(config: BertConfig, p, h, key_mask, prefix):
@@ -183,7 +183,7 @@ def embed(config: BertConfig, params, ids: types.Array,
   n, t = ids.shape
   x = jnp.take(e["word"], ids, axis=0)                                     # [n, T, d]
   if prompt is not None and prompt.shape[-2] > 0:
-    x = jnp.concatenate([x[:, :1], prompt.astype(x.dtype), x[:, 1:]], axis=1)
+    x = _after_cls(x, prompt)
   s = x.shape[1]
   if s > config.max_position_embeddings:
     raise ValueError(f"BERT: {s} positions (text {t} + prompt {s - t}) exceed the checkpoint's "
@@ -206,13 +206,13 @@ def _check_context(config, context, entry_layer, n):
   if tokens is not None:
     if tokens.ndim not in (2, 3) or tokens.shape[-1] != d:
       raise ValueError(f"BERT: prompt tokens must be [P, {d}] or [n, P, {d}], got {tokens.shape}")
-    tokens = _per_example(tokens, n, 2)
+    tokens = attention.per_example(tokens, n, 2)
   if prefix is not None:
     if prefix.ndim not in (4, 5) or prefix.shape[-4:-2] != (depth, 2) or prefix.shape[-1] != d:
       raise ValueError(f"BERT: a prefix entering at layer {entry_layer} of "
                        f"{config.num_hidden_layers} must be [{depth}, 2, P, {d}] (or with a "
                        f"leading example axis), got {prefix.shape}")
-    prefix = _per_example(prefix, n, 4)
+    prefix = attention.per_example(prefix, n, 4)
   return tokens, prefix
 
 
@@ -237,9 +237,8 @@ def hidden_states(config: BertConfig, params, x, context=None, *, entry_layer: i
       if p + t > config.max_position_embeddings:
         raise ValueError(f"BERT: text {t} + prompt {p} positions exceed the checkpoint's "
                          f"position table of {config.max_position_embeddings}")
-      h = jnp.concatenate([h[:, :1], tokens.astype(h.dtype), h[:, 1:]], axis=1)
-  key_mask = mask if p == 0 else jnp.concatenate(
-      [mask[:, :1], jnp.ones((n, p), bool), mask[:, 1:]], axis=1)
+      h = _after_cls(h, tokens)
+  key_mask = mask if p == 0 else _after_cls(mask, jnp.ones((n, p), bool))
   h = _layers(config, _slice_layers(params["layers"], entry_layer), h, key_mask, prefix)
   if p > 0:
     h = jnp.concatenate([h[:, :1], h[:, 1 + p:]], axis=1)

@@ -109,7 +109,8 @@ def prototype_classifier(model: nets.Model, ways: int, *, distance: str = "cosin
       prompt generated from the support set).
 
   >>> pc = prototype_classifier(compose(encoder, None, prompts.static(8, 384)), 5)  # doctest: +SKIP
-  >>> learner = meta_learner(pc.loss_fn, opt, algorithm="prompt_maml",
+  >>> algo = get_algorithm("prompt_maml", outer=("prompt",))  # keep the encoder frozen
+  >>> learner = meta_learner(pc.loss_fn, opt, algorithm=algo,
   ...                        task_repr=pc.task_repr, sample=family.sample)          # doctest: +SKIP
   """
   _check(ways, distance, scale)

@@ -20,7 +20,6 @@ import numpy as np
 
 from mtpjax._src import bert
 from mtpjax._src import nets
-from mtpjax._src import types
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 # encode's default batch size; each batch is padded to the bucket of its longest text (see
@@ -53,13 +52,6 @@ class Tokenizer:
 
   def token_to_id(self, token: str) -> Optional[int]:
     return self._tok.token_to_id(token)
-
-  def lengths(self, texts: Sequence[str], max_len: int) -> np.ndarray:
-    """Tokens per text, special tokens included, after truncation to max_len: [n]."""
-    tok = self._tok
-    tok.no_padding()
-    tok.enable_truncation(max_len)
-    return np.array([len(e.ids) for e in tok.encode_batch(list(texts))], np.int32)
 
   def __call__(self, texts: Sequence[str], max_len: int):
     if isinstance(texts, str):

@@ -21,11 +21,6 @@ PAD_ID = 0
 POOLING = ("cls", "mean")
 
 
-def _per_example(a, n, rank):
-  """Broadcasts a context array without its example axis ([...]) to [n, ...]."""
-  return jnp.broadcast_to(a, (n,) + a.shape[-rank:]) if a.ndim == rank else a
-
-
 class _Block(nn.Module):
   width: int
   heads: int
@@ -82,7 +77,7 @@ class _Encoder(nn.Module):
     parts, masks = [x], [mask]
     prompt = context.get("tokens")
     if prompt is not None and prompt.shape[-2] > 0:
-      prompt = _per_example(prompt, n, 2)                                    # [n, P, d]
+      prompt = attention.per_example(prompt, n, 2)                                    # [n, P, d]
       parts.insert(0, prompt)
       masks.insert(0, jnp.ones(prompt.shape[:2], bool))
     if self.pooling == "cls":
@@ -92,7 +87,7 @@ class _Encoder(nn.Module):
     key_mask = jnp.concatenate(masks, axis=1)
     prefix = context.get("prefix")
     if prefix is not None:
-      prefix = _per_example(prefix, n, 4)                                    # [n, depth, 2, P, d]
+      prefix = attention.per_example(prefix, n, 4)                                    # [n, depth, 2, P, d]
     for i, block in enumerate(self.blocks):
       x = block(x, key_mask, None if prefix is None else prefix[:, i])
     x = self.ln_final(x)

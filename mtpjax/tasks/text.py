@@ -106,8 +106,8 @@ def episodes(ids, labels, *, ways: int, shots: int, queries: int,
   for c in range(num_classes):
     rows = np.flatnonzero(labels == c)
     index[c, :rows.size] = rows
-  return TextEpisodes(jnp.asarray(ids, jnp.int32), jnp.asarray(index), jnp.asarray(counts, jnp.int32),
-                      ways, shots, queries)
+  return TextEpisodes(jnp.asarray(ids, jnp.int32), jnp.asarray(index),
+                      jnp.asarray(counts, jnp.int32), ways, shots, queries)
 
 
 class TextSet(NamedTuple):
