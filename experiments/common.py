@@ -33,7 +33,9 @@ from mtpjax._src.checkpoint import Checkpointer
 # eval_batch_size changes how many test tasks are vmapped at once, so only memory: the tasks
 # are the same whatever the chunk size). Lowering eval_batch_size is how a run whose
 # evaluation ran out of memory is finished from its last checkpoint.
-COSMETIC_FIELDS = ("progress", "xla_flags", "eval_batch_size")
+# test_data (the text experiments) names an extra evaluation file: it changes which rows are
+# added to results.json, never the training.
+COSMETIC_FIELDS = ("progress", "xla_flags", "eval_batch_size", "test_data")
 
 
 class Experiment(NamedTuple):
@@ -44,6 +46,11 @@ class Experiment(NamedTuple):
   params: mj.Params                          # initial parameters
   evaluate: Callable[[mj.Params], tuple[list, Any]]   # params -> (rows, extras for plots)
   plot: Optional[Callable[..., list]] = None  # plot(workdir, params, history, extras) -> paths
+  # A row field (e.g. "data"): rows of an earlier results.json in the workdir whose value of
+  # it is not among this evaluation's are kept, so evaluating a finished run on new data adds
+  # rows instead of replacing them.
+  merge_by: Optional[str] = None
+  facts: Optional[dict] = None               # added to results.json (e.g. parameter counts)
 
 
 class ConfigMismatch(ValueError):
@@ -70,10 +77,11 @@ def check_config(config: ml_collections.ConfigDict, algorithms=None) -> None:
   algorithms = sorted(mj.ALGORITHMS if algorithms is None else algorithms)
   if config.algorithm not in algorithms:
     raise ValueError(f"config.algorithm must be one of {algorithms}, got {config.algorithm!r}")
-  for name in ("num_steps", "meta_batch_size", "inner_lr", "outer_lr",
+  for name in ("meta_batch_size", "inner_lr", "outer_lr",
                "log_every", "checkpoint_every", "keep_checkpoints", "eval_tasks"):
     positive(name)
   positive("inner_steps", allow_zero=True)
+  positive("num_steps", allow_zero=True)  # 0: evaluate the initialisation (a baseline)
   k = config.get("steps_per_call", 1)
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ValueError(f"config.steps_per_call must be a positive int, got {k!r}")
@@ -368,6 +376,8 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
   t_eval = time.perf_counter()
   rows, extras = experiment.evaluate(state.params)
   eval_seconds = time.perf_counter() - t_eval
+  if experiment.merge_by is not None:
+    rows = _merged_rows(os.path.join(workdir, "results.json"), rows, experiment.merge_by)
   steps_per_sec = (timing["timed_steps"] / timing["timed_seconds"]
                    if timing["timed_seconds"] > 0 else None)
   results = {
@@ -386,11 +396,27 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
       "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as this process started XLA with
       "rows": rows,
   }
+  results.update(experiment.facts or {})
   _write_json(os.path.join(workdir, "results.json"), results)
   if experiment.plot is not None:
     results["plots"] = experiment.plot(workdir, state.params, history, extras)
   ckpt.close()
   return results
+
+
+def _merged_rows(path: str, rows: list, field: str) -> list:
+  """The rows of an earlier results.json whose `field` differs from every new row's, then
+  the new rows."""
+  if not os.path.exists(path):
+    return rows
+  try:
+    with open(path) as f:
+      old = json.load(f).get("rows", [])
+  except (OSError, ValueError, AttributeError):
+    warnings.warn(f"{path} is damaged; its earlier rows are not kept")
+    return rows
+  new = {r.get(field) for r in rows}
+  return [r for r in old if isinstance(r, dict) and r.get(field) not in new] + rows
 
 
 def format_value(v) -> str:
@@ -424,7 +450,7 @@ def eval_rows(result: mj.EvalResult, *, metric_names: dict, setting: str) -> lis
   rows = []
   for name, label in metric_names.items():
     for steps, (mean, ci) in result.summary()[name].items():
-      values = result.per_task[name][:, steps]
+      values = result.column(name, steps)
       rows.append({"metric": label, "setting": setting, "inner_steps": int(steps),
                    "mean": mean, "ci95": ci, "episodes": int(values.shape[0]),
                    # episodes whose adaptation diverged (their metric is inf/nan, and so is the

@@ -7,8 +7,8 @@
 """
 
 from mtpjax._src.bert import BertConfig, init_params
-from mtpjax._src.pretrained import (ENCODE_BATCH, SUPPORTED_MODEL_TYPES, Pretrained, Tokenizer, encode,
-                                    encoder, load, token_embeddings)
+from mtpjax._src.pretrained import (ENCODE_BATCH, SUPPORTED_MODEL_TYPES, Pretrained, Tokenizer,
+                                    encode, encoder, load, lower_states, token_embeddings)
 
-__all__ = ["BertConfig", "ENCODE_BATCH", "Pretrained", "SUPPORTED_MODEL_TYPES", "Tokenizer", "encode",
-           "encoder", "init_params", "load", "token_embeddings"]
+__all__ = ["BertConfig", "ENCODE_BATCH", "Pretrained", "SUPPORTED_MODEL_TYPES", "Tokenizer",
+           "encode", "encoder", "init_params", "load", "lower_states", "token_embeddings"]

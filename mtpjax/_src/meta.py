@@ -182,20 +182,34 @@ def check_episode_shapes(episode: Any, what: str = "episode", *, batched: bool =
   """
   s, q = episode.support, episode.query
   n = 1 if batched else 0  # the example axis
+  # x may be a pytree (e.g. token ids with cached hidden states): every leaf is checked.
+  leaves = {}
+  for part, batch in (("support", s), ("query", q)):
+    for field in ("x", "y"):
+      flat, tree = jax.tree_util.tree_flatten_with_path(getattr(batch, field))
+      leaves[part, field] = (flat, tree)
   if batched:
-    sizes = {a.shape[0] for a in (s.x, s.y, q.x, q.y)}
+    sizes = {a.shape[0] for flat, _ in leaves.values() for _, a in flat}
     if len(sizes) != 1:
       raise ValueError(f"{what}: the leading task axis differs between arrays: {sorted(sizes)}")
   for field in ("x", "y"):
-    a, b = getattr(s, field), getattr(q, field)
-    if a.shape[n + 1:] != b.shape[n + 1:] or a.dtype != b.dtype:
-      raise ValueError(f"{what}: support.{field} {a.shape} {a.dtype} and query.{field} "
-                       f"{b.shape} {b.dtype} must agree in every dimension but the example axis")
-    if a.shape[n] == 0 or b.shape[n] == 0:
-      raise ValueError(f"{what}: empty support or query set ({field}: {a.shape}, {b.shape})")
-  if s.x.shape[n] != s.y.shape[n] or q.x.shape[n] != q.y.shape[n]:
-    raise ValueError(f"{what}: x and y must have the same number of examples, got support "
-                     f"{s.x.shape[n]} vs {s.y.shape[n]}, query {q.x.shape[n]} vs {q.y.shape[n]}")
+    (fs, ts), (fq, tq) = leaves["support", field], leaves["query", field]
+    if ts != tq:
+      raise ValueError(f"{what}: support.{field} and query.{field} differ in structure: "
+                       f"{ts} vs {tq}")
+    for (path, a), (_, b) in zip(fs, fq):
+      name = field + jax.tree_util.keystr(path)
+      if a.shape[n + 1:] != b.shape[n + 1:] or a.dtype != b.dtype:
+        raise ValueError(f"{what}: support.{name} {a.shape} {a.dtype} and query.{name} "
+                         f"{b.shape} {b.dtype} must agree in every dimension but the example "
+                         f"axis")
+      if a.shape[n] == 0 or b.shape[n] == 0:
+        raise ValueError(f"{what}: empty support or query set ({name}: {a.shape}, {b.shape})")
+  for part in ("support", "query"):
+    counts = {a.shape[n] for field in ("x", "y") for _, a in leaves[part, field][0]}
+    if len(counts) != 1:
+      raise ValueError(f"{what}: x and y must have the same number of examples, got {part} "
+                       f"sizes {sorted(counts)}")
 
 
 def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation, *,

@@ -419,30 +419,82 @@ def encode(path_or_loaded: Union[str, os.PathLike, Pretrained], texts: Sequence[
   d = loaded.config.hidden_size
   if n == 0:
     return np.zeros((0, d), np.float32)
+  return _in_length_buckets(loaded, ids, _jitted_apply(loaded.encoder), (d,), batch_size,
+                            progress, "encode")
+
+
+def lower_states(loaded: Pretrained, ids, entry_layer: int, *, batch_size: int = ENCODE_BATCH,
+                 progress: Optional[bool] = None) -> np.ndarray:
+  """The hidden states entering layer `entry_layer` [n, T, d] float32 for token ids [n, T]:
+  what a late prompt at that layer reads, computed once per text for a frozen encoder.
+
+  Batched by length like `encode`; positions past each text's end are zero (they are masked
+  everywhere, so their values never reach a real position). The result, as
+  {"ids": ids, "lower": states}, is what loaded.net(entry_layer=...).prepare returns.
+  """
+  ids = np.asarray(ids)
+  if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"lower_states: ids must be an integer array [n, T], got {ids.shape} "
+                     f"{ids.dtype}")
+  depth = loaded.config.num_hidden_layers
+  if isinstance(entry_layer, bool) or not isinstance(entry_layer, int) or not (
+      0 < entry_layer < depth):
+    raise ValueError(f"lower_states: entry_layer must be an integer in [1, {depth}), got "
+                     f"{entry_layer!r} (at layer 0 the prompt reads the ids themselves)")
+  config = loaded.config
+  fn = _jitted_lower(config, entry_layer)
+  t, d = ids.shape[1], config.hidden_size
+  if ids.shape[0] == 0:
+    return np.zeros((0, t, d), np.float32)
+  out = _in_length_buckets(loaded, ids, fn, (t, d), batch_size, progress, "lower layers")
+  out[ids == loaded.tokenizer.pad_id] = 0.0  # padding inside a bucket was computed too
+  return out
+
+
+def _in_length_buckets(loaded, ids, fn, shape, batch_size, progress, desc):
+  """fn(params, ids[rows, :width]) over length-sorted batches -> [n, *shape] float32; a
+  per-position result ([b, width, d]) is zero-padded to shape[0] positions."""
+  n = ids.shape[0]
   lengths = (ids != loaded.tokenizer.pad_id).sum(axis=1)
   order = np.argsort(-lengths, kind="stable")
-  apply = _jitted_apply(loaded.encoder)
-  out = np.zeros((n, d), np.float32)
+  out = np.zeros((n,) + tuple(shape), np.float32)
   starts = range(0, n, batch_size)
   if progress is None:
     progress = len(starts) > 10
   if progress:
     from tqdm.auto import tqdm
-    starts = tqdm(starts, desc="encode", unit="batch")
+    starts = tqdm(starts, desc=desc, unit="batch")
+
+  def put(rows, result):
+    result = np.asarray(result)[:len(rows)]
+    if result.ndim == 3:
+      out[rows, :result.shape[1]] = result
+    else:
+      out[rows] = result
+
   pending = []
   for s in starts:
     rows = order[s:s + batch_size]
-    width = _bucket(int(lengths[rows].max()), max_len)
+    width = _bucket(int(lengths[rows].max()), ids.shape[1])
     batch = np.full((batch_size, width), loaded.tokenizer.pad_id, np.int32)
     batch[:len(rows)] = ids[rows, :width]
     # Dispatch is asynchronous: the next batch is prepared while this one computes.
-    pending.append((rows, apply(loaded.params, batch)))
+    pending.append((rows, fn(loaded.params, batch)))
     if len(pending) > 2:
-      rows, emb = pending.pop(0)
-      out[rows] = np.asarray(emb)[:len(rows)]
-  for rows, emb in pending:
-    out[rows] = np.asarray(emb)[:len(rows)]
+      put(*pending.pop(0))
+  for item in pending:
+    put(*item)
   return out
+
+
+_LOWER = {}
+
+
+def _jitted_lower(config: bert.BertConfig, entry_layer: int):
+  key = (config, entry_layer)
+  if key not in _LOWER:
+    _LOWER[key] = jax.jit(lambda params, ids: bert.lower(config, params, ids, entry_layer))
+  return _LOWER[key]
 
 
 _JITTED = {}

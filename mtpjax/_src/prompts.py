@@ -124,12 +124,16 @@ def composed(length: int, width: int, *, mode: str = "add", task_length: Optiona
 
 
 def generated(length: int, width: int, *, repr_dim: int = 32, hidden: int = 128,
-              prefix_depth: int = 0, init_scale: float = 0.02) -> Prompt:
+              prefix_depth: int = 0, init_scale: float = 0.02,
+              repr_offset: bool = False) -> Prompt:
   """A generator network (role "prompt_shared") maps a task representation to the prompt.
 
   The representation is `task_repr` when given (e.g. support_summary(...) of the task's
   support set, [repr_dim]) and otherwise the learned task embedding, the task part [repr_dim],
   which the inner loop adapts from the support error.
+  repr_offset: the task part is an offset added to `task_repr`, zero at the start, so an
+  inner loop refines the prompt generated from the support set (without it the task part
+  is unused whenever task_repr is given).
   """
   shape = _shape(length, width, prefix_depth)
   size = 1
@@ -142,10 +146,14 @@ def generated(length: int, width: int, *, repr_dim: int = 32, hidden: int = 128,
            "b1": jnp.zeros((hidden,)),
            "w2": _normal(k2, (hidden, size), init_scale / jnp.sqrt(hidden)),
            "b2": _normal(k3, (size,), init_scale)}
+    if repr_offset:
+      return gen, jnp.zeros((repr_dim,), jnp.float32)
     return gen, _normal(jax.random.fold_in(key, 1), (repr_dim,), 1.0)
 
   def apply(gen, task, *, task_repr=None, **_):
     r = task if task_repr is None else task_repr                        # [repr_dim] or [n, repr_dim]
+    if repr_offset and task_repr is not None:
+      r = r + jnp.broadcast_to(task, r.shape)
     h = r @ gen["w1"]
     h = jnp.tanh(h + jnp.broadcast_to(gen["b1"], h.shape))
     p = h @ gen["w2"]

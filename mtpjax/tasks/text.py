@@ -4,6 +4,11 @@ A labelled text set is tokenized once on the host into fixed-length ids [n, max_
 mtpjax.pretrained.Pretrained.tokenize); classes may have different numbers of examples. The
 rows live on the device with a padded index [classes, max_count] of each class's rows, and an
 episode is a gather inside the jitted step, as for Omniglot.
+
+With a frozen encoder, what does not change can be computed once for the whole set and
+gathered with the ids: `features` (e.g. the hidden states below a late prompt, Net.prepare's
+{"lower": ...}, or the final sentence embeddings) makes each episode's x the dict
+{"ids": ..., **features}.
 """
 
 import json
@@ -27,6 +32,7 @@ class TextEpisodes(NamedTuple):
   ways: int
   shots: int
   queries: int
+  features: Optional[dict] = None  # name -> [n, ...] arrays gathered with the ids
 
   def sample(self, key: types.PRNGKey) -> types.Episode:
     """One episode: x [ways * shots, T] / [ways * queries, T], labels in [0, ways).
@@ -43,17 +49,20 @@ class TextEpisodes(NamedTuple):
     u = jnp.where(jnp.arange(max_count)[None, :] < self.counts[classes][:, None], u, 2.0)
     order = jnp.argsort(u, axis=1)[:, :n]                                    # [ways, n]
     rows = jnp.take_along_axis(self.index[classes], order, axis=1)          # [ways, n]
-    x = self.ids[rows]                                                       # [ways, n, T]
     y = jnp.broadcast_to(jnp.arange(self.ways)[:, None], (self.ways, n))
-    t = x.shape[-1]
-    support = types.Batch(x[:, :self.shots].reshape(-1, t), y[:, :self.shots].reshape(-1))
-    query = types.Batch(x[:, self.shots:].reshape(-1, t), y[:, self.shots:].reshape(-1))
-    return types.Episode(support, query)
+    x = {"ids": self.ids, **(self.features or {})}
+
+    def take(part):  # part: a slice of each class's n drawn rows
+      flat = rows[:, part].reshape(-1)
+      xs = {k: v[flat] for k, v in x.items()}
+      return types.Batch(xs if self.features else xs["ids"], y[:, part].reshape(-1))
+
+    return types.Episode(take(slice(0, self.shots)), take(slice(self.shots, n)))
 
 
 def episodes(ids, labels, *, ways: int, shots: int, queries: int,
              class_names: Optional[Sequence[str]] = None, vocab_size: Optional[int] = None,
-             name: str = "data") -> TextEpisodes:
+             features: Optional[dict] = None, name: str = "data") -> TextEpisodes:
   """Validated constructor over tokenized rows and integer labels.
 
   Args:
@@ -63,6 +72,8 @@ def episodes(ids, labels, *, ways: int, shots: int, queries: int,
     ways, shots, queries: the episode's shape.
     class_names: names for error messages (class c is class_names[c]).
     vocab_size: if given, ids must lie in [0, vocab_size) (checked once here, not per episode).
+    features: optional {name: [n, ...]} arrays computed once per example (e.g. a frozen
+      encoder's lower layers); episodes then carry x = {"ids": ids, **features}.
 
   >>> fam = episodes(np.ones((12, 4), np.int32), np.repeat(np.arange(3), 4), ways=2, shots=1,
   ...                queries=2)
@@ -101,13 +112,22 @@ def episodes(ids, labels, *, ways: int, shots: int, queries: int,
     raise ValueError(f"{name}: shots + queries = {shots} + {queries} = {need} examples per class "
                      f"are needed, but {len(short)} classes have fewer: {listed}"
                      f"{' ...' if len(short) > 10 else ''}")
+  if features is not None:
+    if not isinstance(features, dict) or "ids" in features or not features:
+      raise ValueError(f"{name}: features must be a non-empty dict of arrays (not named "
+                       f"'ids'), got {type(features).__name__}")
+    bad = {k: np.shape(v) for k, v in features.items() if np.shape(v)[:1] != ids.shape[:1]}
+    if bad:
+      raise ValueError(f"{name}: every feature needs one row per example ({ids.shape[0]}), "
+                       f"got shapes {bad}")
+    features = {k: jnp.asarray(v) for k, v in features.items()}
   max_count = int(counts.max())
   index = np.zeros((num_classes, max_count), np.int32)
   for c in range(num_classes):
     rows = np.flatnonzero(labels == c)
     index[c, :rows.size] = rows
   return TextEpisodes(jnp.asarray(ids, jnp.int32), jnp.asarray(index),
-                      jnp.asarray(counts, jnp.int32), ways, shots, queries)
+                      jnp.asarray(counts, jnp.int32), ways, shots, queries, features)
 
 
 class TextSet(NamedTuple):

@@ -1,0 +1,178 @@
+"""The intent table from the results.json files of experiments/intents.py runs, and its plots.
+
+  python -m benchmarks.intents_table runs/intents [--data clinc150.jsonl] [--markdown FILE]
+
+One row per run (method): test accuracy (%) +- 95% CI at the inner-step count that validation
+chose for each setting, the parameters meta-trained and adapted per episode, and the training
+time. Plots (saved beside the runs): accuracy against shots, against inner steps, and against
+parameters.
+"""
+
+import argparse
+import glob
+import json
+import os
+
+ORDER = ("frozen_prototypes", "frozen_logreg", "prompt_tuning", "maml", "fomaml", "reptile",
+         "metasgd", "prompt_pool", "generated", "generated_maml", "average", "multitask",
+         "finetune", "episode_finetune")
+
+
+def load(runs: str) -> list:
+  out = []
+  for path in sorted(glob.glob(os.path.join(runs, "*", "results.json"))):
+    with open(path) as f:
+      out.append(json.load(f))
+  rank = {m: i for i, m in enumerate(ORDER)}
+  return sorted(out, key=lambda r: rank.get(r["algorithm"], len(ORDER)))
+
+
+def settings_of(results, data):
+  seen = []
+  for res in results:
+    for r in res["rows"]:
+      if r["data"] == data and r["split"] == "test" and r["setting"] not in seen:
+        seen.append(r["setting"])
+  return seen
+
+
+def cell(res, data, setting):
+  rows = [r for r in res["rows"] if r["data"] == data and r["split"] == "test"
+          and r["setting"] == setting and r["selected"]]
+  if not rows:
+    return "-"
+  r = rows[0]
+  steps = f" ({r['inner_steps']})" if r["inner_steps"] else ""
+  return f"{100 * r['mean']:.1f} +- {100 * r['ci95']:.1f}{steps}"
+
+
+def training_minutes(res):
+  seconds = res["wall_seconds"] - res["eval_seconds"] + res.get("per_domain_training_seconds", 0)
+  return f"{seconds / 60:.1f}"
+
+
+def table(results, data) -> str:
+  settings = settings_of(results, data)
+  lines = ["| method | " + " | ".join(settings) + " | meta-trained params | adapted params "
+           "| training (min) | test episodes |",
+           "|---" * (len(settings) + 5) + "|"]
+  for res in results:
+    if not any(r["data"] == data for r in res["rows"]):
+      continue
+    adapted = res.get("adapted_parameters", "-")
+    if isinstance(adapted, dict):
+      adapted = ", ".join(f"{v:,} ({k})" for k, v in adapted.items())
+    elif isinstance(adapted, int):
+      adapted = f"{adapted:,}"
+    episodes = sorted({r["episodes"] for r in res["rows"] if r["data"] == data
+                       and r["split"] == "test"})
+    lines.append(f"| {res['algorithm']} | " + " | ".join(cell(res, data, s) for s in settings)
+                 + f" | {res.get('meta_trained_parameters', 0):,} | {adapted} | "
+                 f"{training_minutes(res)} | {'/'.join(map(str, episodes))} |")
+  return "\n".join(lines)
+
+
+def plots(results, data, out_dir) -> list:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  paths = []
+
+  def selected(res, setting):
+    rows = [r for r in res["rows"] if r["data"] == data and r["split"] == "test"
+            and r["setting"] == setting and r["selected"]]
+    return rows[0] if rows else None
+
+  # Accuracy against shots (5-way), every method, with intervals.
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for res in results:
+    pts = []
+    for s in settings_of(results, data):
+      ways, shots = s.split("-way ")
+      if ways == "5" and selected(res, s):
+        r = selected(res, s)
+        pts.append((int(shots.split("-")[0]), 100 * r["mean"], 100 * r["ci95"]))
+    if pts:
+      pts.sort()
+      ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                  marker="o", capsize=3, label=res["algorithm"])
+  ax.set(xscale="log", xlabel="shots (5-way)", ylabel="test accuracy (%)",
+         title=f"{data}: accuracy against shots (95% CI)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  paths.append(os.path.join(out_dir, "intents_accuracy_vs_shots.png"))
+  fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+
+  # Accuracy against inner steps, for the runs that measured more than one count.
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  drawn = False
+  for res in results:
+    for s in settings_of(results, data)[:1]:
+      rows = sorted((r for r in res["rows"] if r["data"] == data and r["split"] == "test"
+                     and r["setting"] == s), key=lambda r: r["inner_steps"])
+      if len(rows) > 1:
+        drawn = True
+        ax.errorbar([r["inner_steps"] for r in rows], [100 * r["mean"] for r in rows],
+                    yerr=[100 * r["ci95"] for r in rows], marker="o", capsize=3,
+                    label=f"{res['algorithm']} ({s})")
+  if drawn:
+    ax.set(xlabel="inner steps per test episode", ylabel="test accuracy (%)",
+           title=f"{data}: accuracy against inner steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "intents_accuracy_vs_inner_steps.png"))
+    fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+
+  # Accuracy against parameters trained (meta-trained + adapted), first setting.
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  s = settings_of(results, data)[0]
+  for res in results:
+    r = selected(res, s)
+    if r is None:
+      continue
+    adapted = res.get("adapted_parameters", 0)
+    adapted = max(adapted.values()) if isinstance(adapted, dict) else adapted
+    n = res.get("meta_trained_parameters", 0) + adapted
+    ax.errorbar([max(n, 1)], [100 * r["mean"]], yerr=[100 * r["ci95"]], marker="o", capsize=3,
+                label=res["algorithm"])
+  ax.set(xscale="log", xlabel="parameters trained (meta-trained + adapted per episode; 1 = none)",
+         ylabel="test accuracy (%)", title=f"{data}, {s}: accuracy against parameters")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  paths.append(os.path.join(out_dir, "intents_accuracy_vs_parameters.png"))
+  fig.savefig(paths[-1], dpi=110)
+  plt.close(fig)
+  return paths
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("runs")
+  parser.add_argument("--markdown", help="also write the tables to this file")
+  parser.add_argument("--no_plots", action="store_true")
+  args = parser.parse_args()
+  results = load(args.runs)
+  if not results:
+    raise SystemExit(f"no results.json under {args.runs}/*/")
+  datas = []
+  for res in results:
+    for r in res["rows"]:
+      if r["split"] == "test" and r["data"] not in datas:
+        datas.append(r["data"])
+  text = []
+  for data in datas:
+    text.append(f"**{data}** (test accuracy %, the inner-step count chosen on validation in "
+                f"brackets when not 0)\n\n" + table(results, data))
+    if not args.no_plots:
+      for p in plots(results, data, args.runs):
+        text.append(f"plot: {p}")
+  print("\n\n".join(text))
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write("\n\n".join(t for t in text if not t.startswith("plot:")) + "\n")
+
+
+if __name__ == "__main__":
+  main()

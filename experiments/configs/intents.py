@@ -1,0 +1,123 @@
+"""Few-shot intent classification on a frozen pretrained encoder: do meta-learned prompts help?
+
+  python -m experiments.intents --workdir runs/intents_frozen
+  python -m experiments.intents --workdir runs/intents_fomaml --config.method=fomaml
+  python -m experiments.intents --workdir runs/intents_fomaml --config.test_data=other.jsonl
+
+Protocol (IntentBERT's, Zhang et al. 2021): CLINC150's 150 intents in 10 domains, out-of-scope
+utterances left out. Classes are split by domain (the fields below, fixed): meta-train on 6
+domains, meta-validate on 2 (model selection only: each method's inner-step count is chosen per
+setting on validation episodes), meta-test on banking + credit_cards (30 intents). Every
+utterance of a class is usable (CLINC150's own train/val/test split is not used: the classes
+are disjoint). The encoder (all-MiniLM-L6-v2, mean pooling, L2-normalised) stays frozen except
+in the two fine-tuning rows. Test episodes: 5 queries per class, config.eval_tasks per
+setting, the same episodes for every method; mean accuracy +- 1.96 std / sqrt(n).
+
+Methods (config.method):
+  frozen_prototypes   cosine prototypes of the frozen embeddings, no training
+  frozen_logreg       per-episode logistic regression on them (scikit-learn's default
+                      objective, C = 1: mean cross-entropy + ||W||^2 / (2 C n), by gradient
+                      descent)
+  prompt_tuning       a prompt tuned per episode from scratch (config.prompt_init: random or
+                      vocab; config.prompt: tokens or prefix), prototype head, no meta-training
+  maml, fomaml, reptile, metasgd
+                      the prompt's initialisation meta-learned (MetaPrompting with the encoder
+                      frozen); Meta-SGD also meta-learns a per-parameter inner learning rate
+  prompt_pool         a pool of config.pool_size prompts mixed by attention from each
+                      utterance's own embedding (MetaPrompter-style), first-order MAML
+  generated           a prompt generated from the support set's mean embedding, no inner loop
+  generated_maml      the same, refined by an inner loop (its representation adapts)
+  average             SPoT-style: one prompt trained per meta-training domain (supervised, a
+                      linear head over the domain's intents), averaged: the initialisation
+  multitask           one prompt trained by supervised learning over all meta-training intents
+                      (linear head over them, then dropped): the initialisation
+  finetune            IntentBERT-style: the whole encoder fine-tuned on the meta-training
+                      intents (supervised), then prototypes
+  episode_finetune    the whole encoder fine-tuned per episode on the support set (first order)
+The prompt rows use a prototype head (cosine, config.scale) and tune the prompt per episode with
+config.eval_inner_steps SGD steps at config.inner_lr.
+
+Prompts enter at config.entry_layer (late prompts, Liu et al. 2022). The layers below it are
+computed once per utterance for the whole data set (the encoder is frozen), so an episode
+gathers cached hidden states; entry_layer 0 puts them at the input.
+"""
+
+from ml_collections import config_dict
+
+from experiments.configs import common
+
+METHODS = ("frozen_prototypes", "frozen_logreg", "prompt_tuning", "maml", "fomaml", "reptile",
+           "metasgd", "prompt_pool", "generated", "generated_maml", "average", "multitask",
+           "finetune", "episode_finetune")
+NO_META_TRAINING = ("frozen_prototypes", "frozen_logreg", "prompt_tuning", "episode_finetune")
+
+CLINC_DOMAINS = ("auto_and_commute", "banking", "credit_cards", "home", "kitchen_and_dining",
+                 "meta", "small_talk", "travel", "utility", "work")
+
+METHOD_DEFAULTS = {
+    "frozen_prototypes": dict(num_steps=0, eval_inner_steps=(0,)),
+    # Logistic regression converges in the inner loop: 300 steps of gradient descent at
+    # rate 1 on unit-norm features (the objective is 1-smooth plus the penalty).
+    "frozen_logreg": dict(num_steps=0, eval_inner_steps=(300,), inner_lr=1.0),
+    "prompt_tuning": dict(num_steps=0),
+    "reptile": dict(inner_steps=5),
+    "prompt_pool": dict(inner_steps=5),
+    "generated": dict(inner_steps=0, eval_inner_steps=(0,)),
+    # Trained per domain while the experiment is built (config.supervised_steps each).
+    "average": dict(num_steps=0),
+    # Supervised training through the shared loop: one batch of config.supervised_batch
+    # utterances per step (meta_batch_size 1, no inner loop).
+    "multitask": dict(num_steps=300, inner_steps=0, meta_batch_size=1, outer_lr=1e-2),
+    "finetune": dict(num_steps=300, inner_steps=0, meta_batch_size=1, outer_lr=2e-5,
+                     eval_inner_steps=(0,)),
+    "episode_finetune": dict(num_steps=0, eval_inner_steps=(0, 5), inner_lr=1e-3,
+                             eval_batch_size=2),
+}
+
+
+def get_config(arg=None):
+  c = common.base_config()
+  c.method = arg or "frozen_prototypes"
+  c.algorithm = config_dict.placeholder(str)  # set from method (results.json's "algorithm")
+  # Files; None: $MTPJAX_DATA_DIR/..., else ../shared/data beside the checkout.
+  c.data = config_dict.placeholder(str)       # clinc150.jsonl
+  c.encoder = config_dict.placeholder(str)    # all-MiniLM-L6-v2/
+  c.test_data = ""     # another JSONL (text + intent or label): also evaluated on all its classes
+  c.train_domains = ("auto_and_commute", "home", "kitchen_and_dining", "meta", "small_talk",
+                     "travel")
+  c.val_domains = ("utility", "work")
+  c.test_domains = ("banking", "credit_cards")
+  c.max_len = 32                # tokens per utterance ([CLS] and [SEP] included); 1 of 22,500 is cut
+  c.ways = 5                    # meta-training episodes
+  c.shots = 1
+  c.queries = 5                 # per class, in training and test episodes
+  c.eval_settings = ("5x1", "5x2", "5x5", "5x10", "15x1")  # WAYSxSHOTS
+  c.val_tasks = 200             # validation episodes per setting (model selection)
+  c.eval_seed = 2021            # test and validation episodes depend only on this
+  c.eval_batch_size = config_dict.placeholder(int)  # episodes per vmapped chunk; None: 50
+  c.prompt = "tokens"           # tokens | prefix (keys and values in every layer from entry_layer)
+  c.prompt_length = 8
+  c.prompt_init = "random"      # random | vocab (hidden states of random words at entry_layer)
+  c.entry_layer = 4             # 0: input prompts; k: late prompts at layer k of 6
+  c.scale = 10.0                # the prototype head's cosine scale (inverse temperature)
+  c.pool_size = 8               # prompt_pool: prompts in the pool
+  c.generator_hidden = 128      # generated: the generator's hidden width
+  c.supervised_steps = 50       # average: supervised steps per meta-training domain
+  c.supervised_batch = 32       # average / multitask / finetune: utterances per step
+  c.logreg_c = 1.0              # frozen_logreg: inverse regularisation strength
+  c.eval_inner_steps = config_dict.placeholder(tuple)  # None: per method (selected on validation)
+  c.log_every = 25
+  c.checkpoint_every = 100
+  return c
+
+
+def resolve(config):
+  if config.method not in METHODS:
+    raise ValueError(f"config.method must be one of {list(METHODS)}, got {config.method!r}")
+  if config.algorithm not in (None, config.method):
+    raise ValueError(f"config.algorithm is set from config.method; set --config.method "
+                     f"instead (got algorithm={config.algorithm!r}, method={config.method!r})")
+  defaults = dict(algorithm=config.method, num_steps=500, meta_batch_size=4, inner_steps=3,
+                  inner_lr=0.1, outer_lr=1e-3, eval_inner_steps=(0, 5), eval_batch_size=50)
+  defaults.update(METHOD_DEFAULTS.get(config.method, {}))
+  return common.fill(config, defaults)

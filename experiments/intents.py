@@ -1,0 +1,525 @@
+"""Few-shot intent classification on a frozen pretrained encoder: one method per run.
+
+  python -m experiments.intents --workdir runs/intents/frozen_prototypes
+  python -m experiments.intents --workdir runs/intents/fomaml --config.method=fomaml
+  python -m experiments.intents --workdir runs/intents/fomaml --config.test_data=other.jsonl
+
+See experiments/configs/intents.py for the protocol, the methods and every field;
+benchmarks/intents_table.sh runs them all and benchmarks/intents_table.py prints the table.
+Re-running a finished workdir with another --config.test_data evaluates its trained model on
+that file and adds its rows to results.json (no retraining).
+"""
+
+import os
+import sys
+import time
+import warnings
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import mtpjax as mj
+from experiments import common
+from experiments.configs import intents as config_lib
+from mtpjax import prompts
+from mtpjax._src import meta as meta_lib
+from mtpjax.tasks import text as text_tasks
+from mtpjax.tasks.omniglot import default_data_dir
+
+P, PS, H, S = mj.PROMPT, mj.PROMPT_SHARED, mj.HEAD, mj.SHARED
+PROMPT_METHODS = ("prompt_tuning", "maml", "fomaml", "reptile", "metasgd", "prompt_pool",
+                  "generated", "generated_maml", "average", "multitask")
+# How each method adapts per episode (evaluation) and, if it is meta-trained, what it learns.
+ALGORITHMS = {
+    "frozen_prototypes": mj.get_algorithm("maml", fast=(S,)),  # 0 steps: nothing adapts
+    "frozen_logreg": mj.get_algorithm("anil"),
+    "prompt_tuning": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
+    "maml": mj.get_algorithm("maml", fast=(P,), outer=(P,)),
+    "fomaml": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
+    "reptile": mj.get_algorithm("reptile", fast=(P,), outer=(P,)),
+    "metasgd": mj.get_algorithm("metasgd", fast=(P,), outer=(P,)),
+    "prompt_pool": mj.get_algorithm("fomaml", fast=(P,), outer=(P, PS)),
+    # The generated prompt's task part is an offset of its support-set representation: zero
+    # for every task, adapted by the inner loop; the generator is what is meta-learned.
+    "generated": mj.get_algorithm("maml", fast=(P,), outer=(PS,), reset=(P,)),
+    "generated_maml": mj.get_algorithm("maml", fast=(P,), outer=(PS,), reset=(P,)),
+    "average": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
+    "multitask": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
+    "finetune": mj.get_algorithm("maml", fast=(S,)),
+    "episode_finetune": mj.get_algorithm("fomaml", fast=(S,)),
+}
+# What an episode's x carries beyond the ids: the hidden states below a late prompt, the
+# final embeddings (nothing in the encoder adapts), or nothing (the encoder adapts).
+FEATURES = {m: "lower" for m in PROMPT_METHODS}
+FEATURES.update(frozen_prototypes="embedding", frozen_logreg="embedding",
+                finetune="embedding", episode_finetune="ids")
+VAL_SEED_OFFSET = 1
+STATIC_PROMPT_METHODS = ("prompt_tuning", "maml", "fomaml", "reptile", "metasgd", "prompt_pool",
+                         "average", "multitask")
+
+
+def parse_settings(settings):
+  out = []
+  for s in settings:
+    try:
+      ways, shots = (int(v) for v in str(s).lower().split("x"))
+    except ValueError:
+      raise ValueError(f"config.eval_settings entries must be 'WAYSxSHOTS' like '5x1', got "
+                       f"{s!r}") from None
+    if ways < 2 or shots < 1:
+      raise ValueError(f"config.eval_settings: {s!r} needs ways >= 2 and shots >= 1")
+    out.append((ways, shots))
+  if not out:
+    raise ValueError("config.eval_settings must list at least one 'WAYSxSHOTS' setting")
+  return out
+
+
+class Split(NamedTuple):
+  """One labelled set (a class split or an external file), tokenized."""
+
+  name: str          # for messages and the "data" field of rows
+  data: str          # the file's name
+  kind: str          # "val", "test", "train"
+  texts: text_tasks.TextSet
+  ids: np.ndarray    # [n, max_len]
+
+
+def check_domains(config, textset) -> dict:
+  """The class split by domain: disjoint, known, fixed by the config."""
+  splits = {"train": tuple(config.train_domains), "val": tuple(config.val_domains),
+            "test": tuple(config.test_domains)}
+  if textset.groups is None:
+    raise ValueError(f"config.data: {config.data} has no 'domain' field, which the class split "
+                     f"needs (config.train_domains / val_domains / test_domains)")
+  known = sorted(set(textset.groups))
+  seen = {}
+  for split, domains in splits.items():
+    if not domains:
+      raise ValueError(f"config.{split}_domains is empty")
+    for d in domains:
+      if d not in known:
+        raise ValueError(f"config.{split}_domains: unknown domain {d!r}; the data has {known}")
+      if d in seen:
+        raise ValueError(f"domain {d!r} is in both config.{seen[d]}_domains and "
+                         f"config.{split}_domains: the splits must be disjoint")
+      seen[d] = split
+  return {split: textset.classes_in(domains) for split, domains in splits.items()}
+
+
+def load_splits(config, enc) -> dict:
+  path = config.data or os.path.join(default_data_dir(), "clinc150.jsonl")
+  config.data = path
+  with warnings.catch_warnings():  # out-of-scope utterances are left out by design
+    warnings.filterwarnings("ignore", message="load_jsonl: left out")
+    textset = text_tasks.load_jsonl(path)
+  classes = check_domains(config, textset)
+  name = os.path.basename(path)
+  out = {}
+  for kind, cls in classes.items():
+    sub = textset.subset(cls)
+    out[kind] = Split(f"{name} {kind} domains", name, kind, sub, enc.tokenize(sub.texts, config.max_len)[0])
+  if config.test_data:
+    if not os.path.isfile(config.test_data):
+      raise FileNotFoundError(f"config.test_data: no file at {config.test_data}")
+    ext = text_tasks.load_jsonl(config.test_data)
+    ext_name = os.path.basename(config.test_data)
+    out["external"] = Split(ext_name, ext_name, "test", ext,
+                            enc.tokenize(ext.texts, config.max_len)[0])
+  return out
+
+
+def usable_classes(split: Split, ways, shots, queries, setting) -> Optional[list]:
+  """The classes with at least shots + queries examples (the others are skipped with a
+  warning naming them), or None (with a warning) when fewer than `ways` remain."""
+  counts = np.bincount(split.texts.labels, minlength=len(split.texts.classes))
+  need = shots + queries
+  short = [(c, int(k)) for c, k in zip(split.texts.classes, counts) if k < need]
+  keep = [c for c, k in zip(split.texts.classes, counts) if k >= need]
+  if short:
+    listed = ", ".join(f"{c!r} ({k})" for c, k in short[:10]) + (" ..." if len(short) > 10 else "")
+    warnings.warn(f"{split.name}, {setting}: skipping {len(short)} classes with fewer than "
+                  f"shots + queries = {need} examples: {listed}")
+  if len(keep) < ways:
+    warnings.warn(f"{split.name}: {setting} skipped: it needs {ways} classes with at least "
+                  f"{need} examples each, and {len(keep)} have them")
+    return None
+  return keep
+
+
+def featurize(enc, kind: str, split: Split, entry_layer: int, shared=None) -> Optional[dict]:
+  """The per-utterance arrays an episode gathers with the ids (see FEATURES)."""
+  if kind == "ids" or (kind == "lower" and entry_layer == 0):
+    return None
+  loaded = enc if shared is None else enc._replace(params=shared)
+  if kind == "embedding":
+    return {"emb": mj.pretrained.encode(loaded, split.texts.texts, max_len=split.ids.shape[1],
+                                          progress=False)}
+  return {"lower": mj.pretrained.lower_states(loaded, split.ids, entry_layer, progress=False)}
+
+
+def family(split: Split, feats, ways, shots, queries, setting):
+  keep = usable_classes(split, ways, shots, queries, setting)
+  if keep is None:
+    return None
+  index = {c: i for i, c in enumerate(split.texts.classes)}
+  rows = np.flatnonzero(np.isin(split.texts.labels, [index[c] for c in keep]))
+  relabel = {index[c]: i for i, c in enumerate(keep)}
+  labels = np.array([relabel[int(y)] for y in split.texts.labels[rows]], np.int32)
+  sub_feats = None if feats is None else {k: v[rows] for k, v in feats.items()}
+  return text_tasks.episodes(split.ids[rows], labels, ways=ways, shots=shots, queries=queries,
+                             class_names=keep, features=sub_feats, name=split.name)
+
+
+def supervised_sampler(split: Split, feats, batch: int):
+  """sample(key) -> Episode(b, b): `batch` random utterances with their class labels (the
+  supervised rows train on every class of the split at once, with no inner loop)."""
+  ids = jnp.asarray(split.ids)
+  labels = jnp.asarray(split.texts.labels)
+  feats = None if feats is None else {k: jnp.asarray(v) for k, v in feats.items()}
+  n = ids.shape[0]
+  if batch > n:
+    raise ValueError(f"config.supervised_batch={batch} exceeds the {n} utterances of {split.name}")
+
+  def sample(key):
+    rows = jax.random.choice(key, n, (batch,), replace=False)
+    x = ids[rows] if feats is None else {"ids": ids[rows], **{k: v[rows] for k, v in feats.items()}}
+    b = mj.Batch(x, labels[rows])
+    return mj.Episode(b, b)
+
+  return sample
+
+
+def cached_embeddings(width: int) -> mj.Net:
+  """A backbone that returns the precomputed sentence embedding x["emb"] (frozen encoder)."""
+  return mj.Net(lambda key, x: {}, lambda params, x, context=None: x["emb"], width)
+
+
+def prompt_kind(config, enc) -> prompts.Prompt:
+  d = enc.config.hidden_size
+  depth = enc.config.num_hidden_layers - config.entry_layer if config.prompt == "prefix" else 0
+  length = config.prompt_length
+  if config.method == "prompt_pool":
+    return prompts.ensembled(config.pool_size, length, d, instance=True, prefix_depth=depth)
+  if config.method in ("generated", "generated_maml"):
+    return prompts.generated(length, d, repr_dim=d, hidden=config.generator_hidden,
+                             prefix_depth=depth, repr_offset=True)
+  return prompts.static(length, d, prefix_depth=depth)
+
+
+def vocab_prompt(enc, key, config) -> jax.Array:
+  """prompt_init="vocab": random words, as the encoder sees them at the entry layer (word
+  embeddings at layer 0; at layer k, their hidden states there, as the text "[CLS] w1 ..
+  wP [SEP]" computes them)."""
+  emb = mj.pretrained.token_embeddings(enc.params)
+  if config.entry_layer == 0:
+    return prompts.from_vocab(key, emb, config.prompt_length, skip_ids=1000)  # past [unused]
+  words = jax.random.randint(key, (config.prompt_length,), 1000, emb.shape[0])
+  cls, sep = enc.tokenizer.token_to_id("[CLS]"), enc.tokenizer.token_to_id("[SEP]")
+  ids = np.concatenate([[cls], np.asarray(words), [sep]])[None].astype(np.int32)
+  return jnp.asarray(mj.pretrained.lower_states(enc, ids, config.entry_layer)[0, 1:-1])
+
+
+def count(tree) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def check_method_fields(config):
+  if config.prompt not in ("tokens", "prefix"):
+    raise ValueError(f"config.prompt must be 'tokens' or 'prefix', got {config.prompt!r}")
+  if config.prompt_init not in ("random", "vocab"):
+    raise ValueError(f"config.prompt_init must be 'random' or 'vocab', got {config.prompt_init!r}")
+  if config.prompt_init == "vocab" and (config.prompt == "prefix" or config.method not in (
+      "prompt_tuning", "maml", "fomaml", "reptile", "metasgd")):
+    raise ValueError("config.prompt_init='vocab' initialises static prompt tokens "
+                     "(config.prompt='tokens' with prompt_tuning, maml, fomaml, reptile or "
+                     f"metasgd), not {config.prompt!r} with {config.method!r}")
+  for name in ("ways", "shots", "queries", "prompt_length", "val_tasks", "pool_size",
+               "generator_hidden", "supervised_steps", "supervised_batch"):
+    if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] <= 0:
+      raise ValueError(f"config.{name} must be a positive integer, got {config[name]!r}")
+  if not config.scale > 0 or not config.logreg_c > 0:
+    raise ValueError(f"config.scale and config.logreg_c must be > 0, got {config.scale}, "
+                     f"{config.logreg_c}")
+  if config.method == "generated" and config.inner_steps:
+    raise ValueError("config.method='generated' has no inner loop (inner_steps=0); "
+                     "'generated_maml' refines the generated prompt")
+  if config.num_steps and config.method in config_lib.NO_META_TRAINING + ("average",):
+    raise ValueError(f"config.num_steps must be 0 for method {config.method!r}: it has no "
+                     f"meta-training loop" + (" (its prompts train per domain for "
+                     "config.supervised_steps)" if config.method == "average" else ""))
+  if config.method == "reptile" and config.inner_steps < 1:
+    raise ValueError("reptile needs config.inner_steps >= 1")
+
+
+def build(config, optimizer) -> common.Experiment:
+  t_build = time.perf_counter()
+  check_method_fields(config)
+  settings = parse_settings(config.eval_settings)
+  method = config.method
+  encoder_path = config.encoder or os.path.join(default_data_dir(), "all-MiniLM-L6-v2")
+  enc = mj.pretrained.load(encoder_path)
+  depth = enc.config.num_hidden_layers
+  if isinstance(config.entry_layer, bool) or not 0 <= config.entry_layer < depth:
+    raise ValueError(f"config.entry_layer must be in [0, {depth}) for this {depth}-layer "
+                     f"encoder, got {config.entry_layer!r}")
+  splits = load_splits(config, enc)
+  kind = FEATURES[method]
+  d = enc.config.hidden_size
+  feats = {}
+
+  def features(name, shared=None):
+    if name not in feats or shared is not None:
+      print(f"computing {kind} features of {splits[name].name} ({len(splits[name].ids)} "
+            f"utterances)", file=sys.stderr)
+      feats[name] = featurize(enc, kind, splits[name], config.entry_layer, shared)
+    return feats[name]
+
+  key = jax.random.key(config.seed)
+  algo = ALGORITHMS[method]
+  n_train = len(splits["train"].texts.classes)
+  dummy = jnp.asarray(splits["train"].ids[:2])
+
+  # --- The model evaluated per episode, and its initial parameters ------------------------
+  net = enc.net(entry_layer=config.entry_layer)
+  if kind == "embedding":
+    model = mj.compose(cached_embeddings(d), mj.linear_head(2) if method == "frozen_logreg"
+                       else None)
+  elif kind == "ids":
+    model = mj.compose(enc.net())
+  else:
+    model = mj.compose(net, None, prompt_kind(config, enc))
+  params = model.init(key, dummy)
+  if method == "frozen_logreg":  # a zero head per episode, sized by its ways
+    params[H] = {"kernel": jnp.zeros((d, config.ways)), "bias": jnp.zeros((config.ways,))}
+  if method in PROMPT_METHODS and config.prompt_init == "vocab":
+    params[P] = vocab_prompt(enc, jax.random.fold_in(key, 1), config)
+
+  def prompt_repr(p, support):
+    if method not in ("generated", "generated_maml"):
+      return None
+    return prompts.support_summary(net.embed, p[S], support.x)
+
+  def head_for(ways):
+    if method == "frozen_logreg":
+      logreg = mj.compose(cached_embeddings(d), mj.linear_head(ways))
+      acc = mj.supervised(logreg.apply, mj.accuracy)
+
+      def loss(p, batch):  # scikit-learn's objective, divided by n: C sum(CE) + ||W||^2 / 2
+        ce = mj.cross_entropy(logreg.apply(p, batch.x), batch.y)
+        return ce + jnp.sum(p[H]["kernel"] ** 2) / (2 * config.logreg_c * batch.y.shape[0])
+      return loss, acc, None
+    head = mj.prototype_classifier(model, ways, distance="cosine", scale=config.scale,
+                                   prompt_repr=prompt_repr if method.startswith("generated")
+                                   else None)
+    return head.loss_fn, head.accuracy_fn, head.task_repr
+
+  def learner_for(ways, sample=None):
+    loss, _, task_repr = head_for(ways)
+    return mj.meta_learner(loss, optimizer, algorithm=algo, inner_steps=config.inner_steps,
+                           inner_lr=config.inner_lr, meta_batch_size=config.meta_batch_size,
+                           sample=sample, task_repr=task_repr)
+
+  facts = {}
+  # --- Training ------------------------------------------------------------------------
+  if method in ("multitask", "finetune"):
+    # Supervised over every meta-training intent: a linear head (dropped afterwards) and the
+    # prompt (multitask) or the whole encoder (finetune), no inner loop.
+    sup_model = (mj.compose(enc.net(entry_layer=config.entry_layer), mj.linear_head(n_train),
+                            prompt_kind(config, enc)) if method == "multitask"
+                 else mj.compose(enc.net(), mj.linear_head(n_train)))
+    sup_params = sup_model.init(key, dummy)
+    if method == "multitask":
+      sup_params[P] = params[P]
+    params = sup_params
+    trained = (P, H) if method == "multitask" else (S, H)
+    learner = mj.meta_learner(mj.supervised(sup_model.apply, mj.cross_entropy), optimizer,
+                              algorithm=mj.get_algorithm("maml", fast=(H,), outer=trained),
+                              inner_steps=0, inner_lr=config.inner_lr, meta_batch_size=1,
+                              sample=supervised_sampler(splits["train"], features("train")
+                                                        if method == "multitask" else None,
+                                                        config.supervised_batch))
+    facts["meta_trained_parameters"] = count({r: params[r] for r in trained})
+  elif method == "average":
+    params, seconds = average_prompt(config, enc, splits["train"], features("train"), params,
+                                     key)
+    facts["per_domain_training_seconds"] = seconds
+    facts["meta_trained_parameters"] = count(params[P]) * len(config.train_domains)
+    learner = learner_for(config.ways)
+  else:
+    sample = None
+    if config.num_steps > 0:
+      sample = family(splits["train"], features("train"), config.ways, config.shots,
+                      config.queries, f"{config.ways}-way {config.shots}-shot").sample
+    learner = learner_for(config.ways, sample)
+    if config.num_steps > 0:
+      state = learner.init(params, key=key)
+      facts["meta_trained_parameters"] = count(
+          {r: state.params[r] for r in meta_lib.outer_roles(algo, state.params)})
+  facts.setdefault("meta_trained_parameters", 0)
+  eval_steps = tuple(sorted(set(int(s) for s in config.eval_inner_steps)))
+  if max(eval_steps) == 0 or method == "frozen_prototypes":
+    facts["adapted_parameters"] = 0
+  elif method == "frozen_logreg":
+    facts["adapted_parameters"] = {f"{w}-way": (d + 1) * w for w, _ in settings}
+  else:
+    fast = meta_lib.fast_roles(algo, params)
+    facts["adapted_parameters"] = count({r: params[r] for r in fast})
+  facts["build_seconds"] = time.perf_counter() - t_build
+
+  # --- Evaluation ------------------------------------------------------------------------
+  eval_key = jax.random.key(config.eval_seed)
+
+  def eval_params(p):
+    if method == "finetune":  # prototypes of the fine-tuned encoder's embeddings
+      return {S: {}}
+    return {r: v for r, v in p.items() if r != H or method not in ("multitask",)}
+
+  proto_cached = mj.compose(cached_embeddings(d))
+  apply_jit = jax.jit(model.apply)
+
+  def embed_split(p, name):
+    """Every utterance of a split through the model at `p` (no adaptation), in batches."""
+    f = features(name)
+    ids = splits[name].ids
+    out = []
+    for b in range(0, len(ids), 256):
+      x = jnp.asarray(ids[b:b + 256])
+      if f is not None:
+        x = {"ids": x, **{k: jnp.asarray(v[b:b + 256]) for k, v in f.items()}}
+      out.append(np.asarray(apply_jit(p, x)))
+    return {"emb": np.concatenate(out)}
+
+  def run_split(p, name, shared):
+    split = splits[name]
+    f = features(name, shared)
+    n_tasks = config.val_tasks if split.kind == "val" else config.eval_tasks
+    # With a prompt that does not depend on the task (static, averaged, a pool read by each
+    # utterance), an episode's accuracy before adaptation is that of prototypes of the
+    # utterances embedded once with the prompt: the same numbers as adapting 0 steps per
+    # episode, without re-encoding each utterance in every episode it appears in.
+    fast_zero = method in STATIC_PROMPT_METHODS and 0 in eval_steps
+    zero_feats = embed_split(p, name) if fast_zero else None
+    results = {}
+    for i, (ways, shots) in enumerate(settings):
+      setting = f"{ways}-way {shots}-shot"
+      fam = family(split, f, ways, shots, config.queries, setting)
+      if fam is None:
+        continue
+      key = jax.random.fold_in(eval_key, i + (VAL_SEED_OFFSET * 1000 if split.kind == "val"
+                                              else 0))
+      lrn = learner_for(ways)
+      _, acc, _ = head_for(ways)
+      pw = dict(p)
+      if method == "frozen_logreg":
+        pw[H] = {"kernel": jnp.zeros((d, ways)), "bias": jnp.zeros((ways,))}
+      t = time.perf_counter()
+      pieces = []
+      steps = eval_steps
+      if fast_zero:
+        head0 = mj.prototype_classifier(proto_cached, ways, distance="cosine", scale=config.scale)
+        fam0 = family(split, zero_feats, ways, shots, config.queries, setting)
+        lrn0 = mj.meta_learner(head0.loss_fn, optimizer, algorithm=ALGORITHMS["frozen_prototypes"],
+                               inner_steps=0, task_repr=head0.task_repr)
+        pieces.append(mj.evaluate(lrn0, {S: {}}, fam0.sample, key=key, num_tasks=n_tasks,
+                                  inner_steps=(0,), metrics={"accuracy": head0.accuracy_fn},
+                                  batch_size=config.eval_batch_size, every_step=False))
+        steps = tuple(s for s in eval_steps if s > 0)
+      if steps:
+        pieces.append(mj.evaluate(lrn, pw, fam.sample, key=key, num_tasks=n_tasks,
+                                  inner_steps=steps, metrics={"accuracy": acc},
+                                  batch_size=config.eval_batch_size, every_step=False))
+      res = mj.EvalResult(
+          {"accuracy": np.concatenate([r.per_task["accuracy"] for r in pieces], axis=1)},
+          eval_steps, tuple(s for r in pieces for s in r.steps()))
+      summary = res.summary()["accuracy"]
+      best = max(summary, key=lambda s: (summary[s][0], -s))
+      print(f"{split.name}: {setting}, {n_tasks} episodes, {time.perf_counter() - t:.0f} s: "
+            + ", ".join(f"{100 * m:.1f}% at {s} steps" for s, (m, _) in summary.items()),
+            file=sys.stderr)
+      results[setting] = (res, best)
+    return results
+
+  def evaluate(p):
+    shared = p[S] if method == "finetune" else None
+    p = eval_params(p)
+    val = run_split(p, "val", shared)
+    selected = {s: best for s, (_, best) in val.items()}
+    rows, extras = [], {}
+    for name in ("val", "test", "external"):
+      if name not in splits:
+        continue
+      split = splits[name]
+      results = val if name == "val" else run_split(p, name, shared)
+      for setting, (res, _) in results.items():
+        for row in common.eval_rows(res, metric_names={"accuracy": "accuracy"}, setting=setting):
+          row.update(method=method, data=split.data, split=split.kind,
+                     selected=row["inner_steps"] == selected.get(setting))
+          rows.append(row)
+      extras[name] = results
+    return rows, extras
+
+  def plot(workdir, p, history, extras):
+    return make_plots(workdir, config, history, extras)
+
+  return common.Experiment(f"intents {method}", learner, params, evaluate, plot,
+                           merge_by="data", facts=facts)
+
+
+def average_prompt(config, enc, train: Split, train_feats, params, key):
+  """SPoT-style: a prompt trained per meta-training domain (supervised over its intents with
+  a linear head, from the same initialisation), and their mean."""
+  t = time.perf_counter()
+  trained = []
+  for i, domain in enumerate(config.train_domains):
+    classes = train.texts.classes_in([domain])
+    sub = train.texts.subset(classes)
+    index = {c: j for j, c in enumerate(train.texts.classes)}
+    rows = np.flatnonzero(np.isin(train.texts.labels, [index[c] for c in classes]))
+    split = Split(f"{train.data} {domain}", train.data, "train", sub, train.ids[rows])
+    f = None if train_feats is None else {k: v[rows] for k, v in train_feats.items()}
+    model = mj.compose(enc.net(entry_layer=config.entry_layer), mj.linear_head(len(classes)),
+                       prompt_kind(config, enc))
+    p = model.init(jax.random.fold_in(key, 100 + i), jnp.asarray(split.ids[:2]))
+    p[P] = params[P]
+    learner = mj.meta_learner(mj.supervised(model.apply, mj.cross_entropy),
+                              optax.adam(config.outer_lr),
+                              algorithm=mj.get_algorithm("maml", fast=(H,), outer=(P, H)),
+                              inner_steps=0, meta_batch_size=1,
+                              sample=supervised_sampler(split, f, config.supervised_batch))
+    state = learner.init(p, key=jax.random.fold_in(key, 200 + i))
+    state, metrics = learner.run(state, config.supervised_steps)
+    loss = np.asarray(metrics["loss"])
+    print(f"average: domain {domain}: {config.supervised_steps} supervised steps, loss "
+          f"{loss[:5].mean():.3f} -> {loss[-5:].mean():.3f}", file=sys.stderr)
+    trained.append(state.params[P])
+  params = dict(params)
+  params[P] = prompts.average(trained)
+  return params, time.perf_counter() - t
+
+
+def make_plots(workdir, config, history, extras):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  paths = common.plot_training_curve(workdir, history, metric="cross-entropy",
+                                     title=f"intents, {config.method}")
+  if "test" not in extras:
+    return paths
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for setting, (res, best) in extras["test"].items():
+    mean, ci = res.curve("accuracy")
+    xs = res.steps()
+    ax.errorbar(xs, 100 * mean, yerr=100 * ci, marker="o", capsize=3,
+                label=f"{setting} (validation picks {best})")
+  ax.set(xlabel="inner steps per episode", ylabel="test accuracy (%)",
+         title=f"{config.method}: {config.eval_tasks} test episodes per setting, 95% CI")
+  ax.legend(fontsize=7)
+  paths.append(common.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
+  return paths
+
+
+if __name__ == "__main__":
+  common.main(config_lib.get_config(), config_lib.resolve, build, config_lib.METHODS)

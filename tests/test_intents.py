@@ -1,0 +1,156 @@
+"""The intent benchmark (experiments/intents.py) on a tiny random BERT and generated JSONL data:
+every method end to end, the class split, test_data on resume, the 0-step shortcut, errors."""
+
+import json
+import os
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import common
+from experiments import intents
+from experiments.configs import intents as config_lib
+from tests.test_pretrained import WORDS, write_checkpoint, write_jsonl
+
+DOMAINS = ("d0", "d1", "d2")
+
+
+def utterances(rng, n):
+  return [" ".join(rng.choice(WORDS, size=rng.integers(1, 5))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp("intents")
+  enc = write_checkpoint(str(root / "enc"))
+  rng = np.random.default_rng(0)
+  rows = [{"text": t, "intent": f"{d}_i{k}", "domain": d, "split": "train"}
+          for d in DOMAINS for k in range(4) for t in utterances(rng, 6)]
+  rows += [{"text": "hi", "intent": "oos", "domain": "oos", "split": "oos_train"}]
+  data = write_jsonl(root / "data.jsonl", rows)
+  # Another data set: integer labels, Unicode, an empty utterance, an unknown field.
+  ext = [{"text": t, "label": k, "source": "x"} for k in range(3) for t in utterances(rng, 5)]
+  ext += [{"text": "", "label": 0}, {"text": "Café 😀 money", "label": 1}]
+  return {"encoder": enc, "data": data, "ext": write_jsonl(root / "ext.jsonl", ext),
+          "root": root}
+
+
+def tiny_config(files, method, **overrides):
+  c = config_lib.get_config(method)
+  c.update(dict(encoder=files["encoder"], data=files["data"], train_domains=("d0",),
+                val_domains=("d1",), test_domains=("d2",), ways=3, shots=1, queries=2,
+                eval_settings=("3x1",), eval_tasks=4, val_tasks=3, num_steps=2, log_every=1,
+                checkpoint_every=2, max_len=8, prompt_length=2, entry_layer=1, pool_size=2,
+                generator_hidden=8, supervised_steps=2, supervised_batch=8, meta_batch_size=2,
+                eval_batch_size=4, progress=False))
+  c.update(overrides)
+  config = config_lib.resolve(c)
+  if config.num_steps and method in config_lib.NO_META_TRAINING + ("average",):
+    config.num_steps = 0
+  if config.method in ("multitask", "finetune"):
+    config.num_steps = 2
+  config.eval_inner_steps = tuple(min(s, 2) for s in config.eval_inner_steps)
+  common.check_config(config, config_lib.METHODS)
+  return config
+
+
+def run(files, workdir, method, **overrides):
+  config = tiny_config(files, method, **overrides)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    exp = intents.build(config, common.make_optimizer(config))._replace(plot=None)
+    return common.train_and_evaluate(config, str(workdir), exp)
+
+
+@pytest.mark.parametrize("method", config_lib.METHODS)
+def test_every_method_runs_end_to_end_on_a_tiny_bert(files, tmp_path, method):
+  res = run(files, tmp_path, method)
+  rows = res["rows"]
+  assert {(r["split"], r["setting"]) for r in rows} == {("val", "3-way 1-shot"),
+                                                       ("test", "3-way 1-shot")}
+  for r in rows:
+    assert r["method"] == method and r["data"] == "data.jsonl" and 0 <= r["mean"] <= 1
+    assert r["episodes"] == (3 if r["split"] == "val" else 4) and r["nonfinite"] == 0
+  for split in ("val", "test"):  # validation picks exactly one inner-step count per setting
+    assert sum(r["selected"] for r in rows if r["split"] == split) == 1
+  assert res["num_steps"] == (0 if method in config_lib.NO_META_TRAINING + ("average",) else 2)
+  assert res["meta_trained_parameters"] >= 0 and "adapted_parameters" in res
+
+
+def test_the_default_class_split_is_disjoint_fixed_and_covers_clinc150():
+  c = config_lib.get_config()
+  split = [c.train_domains, c.val_domains, c.test_domains]
+  assert tuple(c.test_domains) == ("banking", "credit_cards")
+  assert len(c.train_domains) == 6 and len(c.val_domains) == 2
+  flat = [d for s in split for d in s]
+  assert len(set(flat)) == len(flat) and sorted(flat) == sorted(config_lib.CLINC_DOMAINS)
+
+
+def test_overlapping_or_unknown_domains_are_clear_errors(files, tmp_path):
+  with pytest.raises(ValueError, match="both config.train_domains and config.val_domains"):
+    run(files, tmp_path / "a", "frozen_prototypes", val_domains=("d0",))
+  with pytest.raises(ValueError, match="unknown domain 'banking'"):
+    run(files, tmp_path / "b", "frozen_prototypes", test_domains=("banking",))
+
+
+def test_test_data_on_resume_adds_rows_without_retraining(files, tmp_path):
+  first = run(files, tmp_path, "fomaml")
+  assert {r["data"] for r in first["rows"]} == {"data.jsonl"}
+  ckpt = sorted(os.listdir(tmp_path / "checkpoints"))
+  again = run(files, tmp_path, "fomaml", test_data=files["ext"])
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ckpt  # resumed, not retrained
+  ext_rows = [r for r in again["rows"] if r["data"] == "ext.jsonl"]
+  assert ext_rows and all(r["split"] == "test" and r["episodes"] == 4 for r in ext_rows)
+  # The earlier rows stay (re-evaluated on the same episodes: the same numbers).
+  old = {(r["split"], r["inner_steps"]): r["mean"] for r in first["rows"]}
+  new = {(r["split"], r["inner_steps"]): r["mean"] for r in again["rows"]
+         if r["data"] == "data.jsonl"}
+  assert new == pytest.approx(old)
+  # A third file replaces nothing but its own rows.
+  other = write_jsonl(files["root"] / "other.jsonl",
+                      [{"text": w, "intent": f"c{k}"} for k in range(3) for w in WORDS[:4]])
+  third = run(files, tmp_path, "fomaml", test_data=other)
+  assert {r["data"] for r in third["rows"]} == {"data.jsonl", "ext.jsonl", "other.jsonl"}
+
+
+def test_test_data_errors_name_the_classes_and_counts(files, tmp_path):
+  rows = [{"text": w, "intent": "big"} for w in WORDS[:6]] + [
+      {"text": w, "intent": "small"} for w in WORDS[:2]] + [
+      {"text": w, "intent": "other"} for w in WORDS[:6]]
+  path = write_jsonl(files["root"] / "short.jsonl", rows)
+  config = tiny_config(files, "frozen_prototypes", test_data=path)
+  exp = intents.build(config, common.make_optimizer(config))._replace(plot=None)
+  with pytest.warns(UserWarning) as caught:
+    res = common.train_and_evaluate(config, str(tmp_path), exp)
+  messages = " ".join(str(w.message) for w in caught)
+  assert "'small' (2)" in messages and "shots + queries = 3" in messages
+  assert "3-way 1-shot skipped: it needs 3 classes" in messages
+  assert not [r for r in res["rows"] if r["data"] == "short.jsonl"]
+  with pytest.raises(FileNotFoundError, match="config.test_data"):
+    run(files, tmp_path / "x", "frozen_prototypes", test_data=str(files["root"] / "none.jsonl"))
+
+
+def test_unknown_method_and_misused_fields_are_clear_errors(files):
+  with pytest.raises(ValueError, match="config.method must be one of"):
+    tiny_config(files, "nope")
+  config = tiny_config(files, "prompt_pool", prompt_init="vocab")
+  with pytest.raises(ValueError, match="prompt_init='vocab'"):
+    intents.build(config, common.make_optimizer(config))
+  config = tiny_config(files, "fomaml", entry_layer=3)
+  with pytest.raises(ValueError, match=r"entry_layer must be in \[0, 3\)"):
+    intents.build(config, common.make_optimizer(config))
+
+
+@pytest.mark.parametrize("method", ["fomaml", "prompt_pool"])
+def test_zero_step_shortcut_equals_adapting_zero_steps_per_episode(files, tmp_path, method,
+                                                                    monkeypatch):
+  """Prototypes of utterances embedded once with the prompt == the per-episode computation."""
+  fast = run(files, tmp_path / "fast", method, eval_inner_steps=(0,), num_steps=0)
+  monkeypatch.setattr(intents, "STATIC_PROMPT_METHODS", ())
+  slow = run(files, tmp_path / "slow", method, eval_inner_steps=(0,), num_steps=0)
+  a = [(r["split"], r["mean"]) for r in fast["rows"]]
+  b = [(r["split"], r["mean"]) for r in slow["rows"]]
+  assert [s for s, _ in a] == [s for s, _ in b]
+  np.testing.assert_allclose([m for _, m in a], [m for _, m in b], atol=1e-6)
