@@ -112,6 +112,20 @@ def test_evaluate_records_the_query_loss_after_each_step_count():
   np.testing.assert_allclose(other.per_task["loss"], res.per_task["loss"], rtol=1e-5)
 
 
+def test_evaluate_at_the_listed_counts_only_equals_the_full_trajectory():
+  family, params, learner = _learner()
+  key = jax.random.key(5)
+  full = mj.evaluate(learner, params, family.sample, key=key, num_tasks=6, inner_steps=(0, 2, 5))
+  at = mj.evaluate(learner, params, family.sample, key=key, num_tasks=6, inner_steps=(0, 2, 5),
+                   every_step=False)
+  assert at.per_task["loss"].shape == (6, 3) and at.steps() == (0, 2, 5)
+  for s in (0, 2, 5):
+    np.testing.assert_allclose(at.column("loss", s), full.column("loss", s), rtol=2e-5)
+  assert at.summary()["loss"][5] == pytest.approx(full.summary()["loss"][5], rel=2e-5)
+  with pytest.raises(ValueError, match="were not measured"):
+    at.column("loss", 1)
+
+
 def test_evaluator_compiles_once_across_calls():
   family, params, learner = _learner()
   traces = []

@@ -1,11 +1,9 @@
 """The intent benchmark (experiments/intents.py) on a tiny random BERT and generated JSONL data:
 every method end to end, the class split, test_data on resume, the 0-step shortcut, errors."""
 
-import json
 import os
 import warnings
 
-import jax
 import numpy as np
 import pytest
 

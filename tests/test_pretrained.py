@@ -437,6 +437,40 @@ def test_text_episodes_invariants_with_uneven_classes():
   assert len(firsts) > 2  # labels are permuted across episodes
 
 
+def test_text_episodes_gather_each_rows_features_with_its_ids(tiny):
+  fam = tiny_family(tiny)
+  ids = np.asarray(fam.ids)
+  feats = {"row": np.arange(ids.shape[0], dtype=np.float32)[:, None] * np.ones((1, 3))}
+  with_f = mj.tasks.text.episodes(ids, np.repeat(np.arange(6), 4), ways=3, shots=1, queries=2,
+                                  features=feats)
+  for seed in range(5):
+    key = jax.random.key(seed)
+    plain, ep = fam.sample(key), with_f.sample(key)
+    for a, b in ((plain.support, ep.support), (plain.query, ep.query)):
+      np.testing.assert_array_equal(a.x, b.x["ids"])  # the same episode as without features
+      np.testing.assert_array_equal(a.y, b.y)
+      rows = np.asarray(b.x["row"])[:, 0].astype(int)
+      np.testing.assert_array_equal(ids[rows], b.x["ids"])  # features of the very same rows
+  with pytest.raises(ValueError, match="one row per example"):
+    mj.tasks.text.episodes(ids, np.repeat(np.arange(6), 4), ways=3, shots=1, queries=2,
+                           features={"row": np.zeros((3, 2))})
+
+
+def test_lower_states_are_the_cached_lower_layers_and_zero_at_padding(tiny):
+  ids = np.asarray(tiny.tokenize(SENTENCES, 12)[0])
+  net = tiny.net(entry_layer=2)
+  want = np.asarray(net.prepare(tiny.params, jnp.asarray(ids))["lower"])
+  got = mj.pretrained.lower_states(tiny, ids, 2, batch_size=2)  # length buckets of 2 texts
+  mask = ids != 0
+  np.testing.assert_allclose(got[mask], want[mask], atol=1e-5)
+  assert not got[~mask].any()
+  ctx = {"tokens": jax.random.normal(jax.random.key(0), (3, 16))}
+  np.testing.assert_allclose(net.apply(tiny.params, {"ids": ids, "lower": got}, ctx),
+                             net.apply(tiny.params, jnp.asarray(ids), ctx), atol=1e-5)
+  with pytest.raises(ValueError, match=r"entry_layer must be an integer in \[1, 3\)"):
+    mj.pretrained.lower_states(tiny, ids, 0)
+
+
 def test_text_episode_errors_name_the_class_and_counts():
   labels = np.array([0] * 5 + [1] * 2 + [2] * 5)
   ids = np.ones((12, 4), np.int32)

@@ -124,6 +124,23 @@ def test_generated_prompts_follow_the_task_representation_and_train_the_generato
   assert float(jnp.abs(g["prompt"]).sum()) > 0  # the task embedding is adaptable
 
 
+def test_generated_prompt_with_a_representation_offset_refines_the_support_representation():
+  plain = prompts.generated(2, WIDTH, repr_dim=8, hidden=16)
+  offset = prompts.generated(2, WIDTH, repr_dim=8, hidden=16, repr_offset=True)
+  gen, task = offset.init(jax.random.key(0))
+  assert not np.any(task)  # zero at the start of every task
+  r = jnp.linspace(-1, 1, 8)
+  # With a zero offset it is the plain generator's prompt for that representation ...
+  np.testing.assert_array_equal(offset.apply(gen, task, task_repr=r)["tokens"],
+                                plain.apply(gen, jnp.ones(8), task_repr=r)["tokens"])
+  # ... and an offset o generates the prompt of r + o, with a gradient for the inner loop.
+  o = 0.1 * jnp.ones(8)
+  np.testing.assert_allclose(offset.apply(gen, o, task_repr=r)["tokens"],
+                             plain.apply(gen, None, task_repr=r + o)["tokens"], rtol=1e-6)
+  g = jax.grad(lambda t: jnp.sum(offset.apply(gen, t, task_repr=r)["tokens"] ** 2))(task)
+  assert float(jnp.abs(g).sum()) > 0
+
+
 @pytest.mark.parametrize("mode", ["add", "concat", "mpt"])
 def test_composed_prompts(mode):
   kind = prompts.composed(4, WIDTH, mode=mode, task_length=2, rank=2)
