@@ -5,7 +5,7 @@ Parameters are one role-keyed pytree ({"shared", "head", "prompt", "inner_lr"});
 jitted, donated step vmapped over the tasks of a meta-batch.
 """
 
-from mtpjax import pretrained, tasks
+from mtpjax import mtl, pretrained, tasks
 from mtpjax._src import prompts
 from mtpjax._src.adapt import adapt, split_roles
 from mtpjax._src.checkpoint import Checkpointer, CheckpointError, restore_params

@@ -1,0 +1,249 @@
+"""Multi-task balancing methods: each one's defining property, on small gradient matrices."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mtpjax as mj
+
+KEY = jax.random.key(0)
+
+
+def as_tree(mat):
+  """Per-task gradients [T, D] as a pytree with a leading task axis (two leaves)."""
+  mat = jnp.asarray(mat, jnp.float32)
+  return {"a": mat[:, :2], "b": {"c": mat[:, 2:].reshape(mat.shape[0], -1, 1)}}
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(tree["a"]), np.ravel(tree["b"]["c"])])
+
+
+def run(name, mat, losses=None, state=None, **hp):
+  bal = mj.mtl.get(name, **hp)
+  mat = np.asarray(mat, np.float32)
+  losses = jnp.ones(mat.shape[0]) if losses is None else jnp.asarray(losses, jnp.float32)
+  state = bal.init(mat.shape[0]) if state is None else state
+  grads, state, info = jax.jit(bal.update)(losses, as_tree(mat), state, KEY)
+  return flat(grads), state, info
+
+
+RNG = np.random.default_rng(0)
+G3 = RNG.normal(size=(3, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(mj.mtl.METHODS))
+def test_every_method_combines_with_its_reported_weights_under_jit(name):
+  hp = {"weights": [1.0, 2.0, 0.5]} if name == "fixed" else {}
+  g, _, info = run(name, G3, losses=[1.0, 2.0, 3.0], **hp)
+  w = np.asarray(info["weights"])
+  assert w.shape == (3,) and np.all(np.isfinite(w))
+  np.testing.assert_allclose(g, w @ G3, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_only_methods_offer_weights_without_gradients():
+  for name in ("equal", "rlw", "uncertainty", "dwa", "famo"):
+    bal = mj.mtl.get(name)
+    assert bal.loss_only and bal.weights is not None
+    w, _, _ = bal.weights(jnp.array([1.0, 2.0]), bal.init(2), KEY)
+    assert w.shape == (2,)
+  for name in ("mgda", "pcgrad", "cagrad", "nash_mtl", "aligned_mtl", "imtl", "gradnorm",
+               "gradvac"):
+    assert not mj.mtl.get(name).loss_only
+  np.testing.assert_allclose(run("equal", G3)[0], G3.sum(0), rtol=1e-6)  # LibMTL's EW: a sum
+
+
+def test_mgda_finds_the_min_norm_point_of_the_convex_hull():
+  g1, g2 = np.array([1.0, 0, 0, 0]), np.array([0.2, 1.0, 0, 0])
+  gamma = np.clip((g2 - g1) @ g2 / np.sum((g1 - g2) ** 2), 0, 1)  # closed form for two
+  g, _, info = run("mgda", np.stack([g1, g2]))
+  np.testing.assert_allclose(info["weights"], [gamma, 1 - gamma], atol=1e-4)
+  # Three tasks: optimality on the simplex (KKT: (M a)_i >= a^T M a, equal where a_i > 0),
+  # and no point of a fine grid of the simplex has a smaller norm.
+  _, _, info = run("mgda", G3)
+  a = np.asarray(info["weights"])
+  m = G3 @ G3.T
+  assert abs(a.sum() - 1) < 1e-5 and np.all(a >= -1e-7)
+  assert np.all(m @ a >= a @ m @ a - 1e-4)
+  grid = [np.array([i, j, 40 - i - j]) / 40 for i in range(41) for j in range(41 - i)]
+  assert a @ m @ a <= min(p @ m @ p for p in grid) + 1e-5
+
+
+def test_pcgrad_removes_each_conflict_and_keeps_agreeing_gradients():
+  g1, g2 = np.array([1.0, 0.0, 0, 0]), np.array([-1.0, 1.0, 0, 0])
+  proj1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
+  proj2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
+  g, _, _ = run("pcgrad", np.stack([g1, g2]))
+  np.testing.assert_allclose(g, proj1 + proj2, atol=1e-6)
+  assert abs(proj1 @ g2) < 1e-6 and abs(proj2 @ g1) < 1e-6
+  agree = np.array([[1.0, 0.5, 0, 0], [0.5, 1.0, 0, 0]])
+  np.testing.assert_allclose(run("pcgrad", agree)[0], agree.sum(0), atol=1e-6)
+
+
+def test_gradvac_raises_the_cosine_to_its_target():
+  g1, g2 = np.array([1.0, 0.0, 0, 0]), np.array([0.0, 2.0, 0, 0])  # cosine 0
+  state = {"rho": jnp.array([[0.0, 0.5], [0.5, 0.0]])}
+  g, new, info = run("gradvac", np.stack([g1, g2]), state=state, beta=0.1)
+  w = np.asarray(info["weights"])
+  pc1 = g1 + (w[1] - 1) * g2  # task 1's modified gradient (task 2's own part is 1)
+  cos = pc1 @ g2 / np.linalg.norm(pc1) / np.linalg.norm(g2)
+  np.testing.assert_allclose(cos, 0.5, atol=1e-5)
+  np.testing.assert_allclose(new["rho"][0, 1], 0.9 * 0.5 + 0.1 * 0.0, atol=1e-6)
+
+
+def test_cagrad_is_the_mean_at_c0_and_solves_its_inner_problem():
+  g, _, _ = run("cagrad", G3, c=0.0)
+  np.testing.assert_allclose(g, G3.mean(0), rtol=1e-5, atol=1e-6)
+  c = 0.5
+  _, _, info = run("cagrad", G3, c=c, rescale=0)
+  w = np.asarray(info["w"])
+  a = G3 @ G3.T
+  b = np.full(3, 1 / 3)
+  k = c * np.sqrt(a.mean())
+  f = lambda w: w @ a @ b + k * np.sqrt(w @ a @ w)
+  grid = [np.array([i, j, 60 - i - j]) / 60 for i in range(61) for j in range(61 - i)]
+  assert f(w) <= min(f(p) for p in grid) + 1e-4
+  # d = g0 + c |g0| g_w / |g_w|
+  g0 = G3.mean(0)
+  gw = w @ G3
+  want = g0 + c * np.linalg.norm(g0) * gw / np.linalg.norm(gw)
+  np.testing.assert_allclose(run("cagrad", G3, c=c, rescale=0)[0], want, rtol=1e-4)
+  np.testing.assert_allclose(run("cagrad", G3, c=c, rescale=1)[0], want / (1 + c ** 2),
+                             rtol=1e-4)
+
+
+def test_nash_mtl_weights_solve_the_bargaining_condition():
+  _, state, info = run("nash_mtl", G3)
+  a = np.asarray(info["weights"])
+  m = G3 @ G3.T
+  m = m / np.linalg.norm(m)
+  assert np.all(a > 0) and float(info["residual"]) < 1e-4
+  np.testing.assert_allclose(m @ a, 1 / a, rtol=1e-3)
+  # Orthogonal gradients: alpha_i = 1 / sqrt(M_ii), so every task gets the same |alpha_i g_i|.
+  ortho = np.diag([1.0, 3.0, 0.5, 0.0])[:3]
+  g, _, info = run("nash_mtl", ortho)
+  contrib = np.asarray(info["weights"]) * np.array([1.0, 3.0, 0.5])
+  np.testing.assert_allclose(contrib, contrib[0], rtol=1e-4)
+  # Warm start: the next step starts from the solution.
+  np.testing.assert_allclose(state["alpha"], a)
+
+
+def test_aligned_mtl_makes_the_task_gradients_orthonormal_to_one_scale():
+  _, _, info = run("aligned_mtl", G3)
+  m = G3 @ G3.T
+  lam, vec = np.linalg.eigh(m)
+  b = np.sqrt(lam.min()) * vec @ np.diag(lam ** -0.5) @ vec.T
+  aligned = b @ G3
+  np.testing.assert_allclose(aligned @ aligned.T, lam.min() * np.eye(3), atol=1e-3)
+  np.testing.assert_allclose(info["weights"], b.sum(0), rtol=1e-4)
+
+
+def test_imtl_gives_equal_projections_on_every_unit_gradient():
+  g, _, info = run("imtl", G3)
+  units = G3 / np.linalg.norm(G3, axis=1, keepdims=True)
+  proj = units @ g
+  np.testing.assert_allclose(proj, proj[0], rtol=1e-4)
+  np.testing.assert_allclose(np.sum(info["alpha"]), 1.0, rtol=1e-5)
+
+
+def test_uncertainty_weights_converge_to_half_the_inverse_loss():
+  bal = mj.mtl.get("uncertainty", lr=0.05)
+  losses = jnp.array([0.5, 2.0])
+  state = bal.init(2)
+  step = jax.jit(bal.weights)
+  for _ in range(600):
+    w, state, _ = step(losses, state)
+  # Stationary point of L / (2 e^s) + s / 2: e^s = L, so the weight 1 / (2 e^s) = 1 / (2 L).
+  np.testing.assert_allclose(np.exp(state["s"]), losses, rtol=2e-2)
+
+
+def test_dwa_weights_follow_the_loss_ratio_of_the_last_two_periods():
+  bal = mj.mtl.get("dwa", temperature=2.0, period=2)
+  state = bal.init(2)
+  history = [[1.0, 1.0], [1.0, 1.0], [0.5, 1.0], [0.5, 1.0]]  # two periods
+  for losses in history:
+    w, state, _ = bal.weights(jnp.array(losses), state)
+    np.testing.assert_allclose(w, [1.0, 1.0])  # weights 1 during the first two periods
+  w, _, _ = bal.weights(jnp.array([0.5, 1.0]), state)
+  r = np.array([0.5, 1.0])  # mean losses of period 2 over period 1
+  want = 2 * np.exp(r / 2) / np.exp(r / 2).sum()
+  np.testing.assert_allclose(w, want, rtol=1e-6)
+
+
+def test_famo_weights_and_the_update_that_favours_the_slower_task():
+  bal = mj.mtl.get("famo", lr=0.1)
+  state = bal.init(2)
+  losses = jnp.array([1.0, 4.0])
+  w, state, info = bal.weights(losses, state)
+  z = np.asarray(info["z"])
+  np.testing.assert_allclose(z, [0.5, 0.5])
+  d = np.asarray(losses) + 1e-8
+  np.testing.assert_allclose(w, z / (np.sum(z / d) * d), rtol=1e-6)
+  # The gradient of sum_i w_i L_i equals that of sum_i z_i log L_i / c (FAMO's objective).
+  # Task 0's loss halves, task 1's stays: task 1 (slower) gets more weight next.
+  _, state, info = bal.weights(jnp.array([0.5, 4.0]), state)
+  assert info["z"][1] > info["z"][0]
+
+
+def test_gradnorm_learns_weights_that_sum_to_the_number_of_tasks():
+  bal = mj.mtl.get("gradnorm", alpha=1.5, lr=0.05)
+  state = bal.init(2)
+  mat = as_tree(np.array([[10.0, 0, 0, 0], [0, 0.1, 0, 0]]))
+  update = jax.jit(bal.update)
+  for _ in range(200):
+    _, state, info = update(jnp.array([1.0, 1.0]), mat, state)
+  w = np.asarray(info["weights"])
+  np.testing.assert_allclose(w.sum(), 2.0, rtol=1e-5)
+  assert w[1] > w[0]  # the task with the small gradient is up-weighted
+
+
+def test_rlw_draws_weights_on_the_simplex():
+  bal = mj.mtl.get("rlw")
+  ws = [bal.weights(jnp.ones(3), {}, jax.random.key(i))[0] for i in range(3)]
+  for w in ws:
+    np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-6)
+  assert not np.allclose(ws[0], ws[1])
+  with pytest.raises(ValueError, match="pass key"):
+    bal.weights(jnp.ones(3), {}, None)
+
+
+def test_unknown_methods_and_bad_hyperparameters_are_clear_errors():
+  with pytest.raises(ValueError, match="unknown balancing method 'nash'"):
+    mj.mtl.get("nash")
+  with pytest.raises(ValueError, match="cagrad"):
+    mj.mtl.get("cagrad", alpha=1.0)
+  with pytest.raises(ValueError, match="3 weights for 2 tasks"):
+    mj.mtl.get("fixed", weights=[1, 2, 3]).init(2)
+
+
+def test_per_task_gradients_by_one_vmap_feed_the_balancer():
+  """The intended use: vmap(grad) over tasks inside one jitted step, no Python loop."""
+  x = jnp.asarray(RNG.normal(size=(3, 8, 4)), jnp.float32)   # 3 tasks' inputs
+  y = jnp.asarray(RNG.normal(size=(3, 8)), jnp.float32)
+  params = {"w": jnp.zeros(4), "b": jnp.zeros(())}
+
+  def task_loss(p, xt, yt):
+    return jnp.mean((xt @ p["w"] + p["b"] - yt) ** 2)
+
+  bal = mj.mtl.get("mgda")
+
+  @jax.jit
+  def step(p, state):
+    losses, grads = jax.vmap(jax.value_and_grad(task_loss), in_axes=(None, 0, 0))(p, x, y)
+    g, state, info = bal.update(losses, grads, state)
+    return jax.tree.map(lambda a, b: a - 0.1 * b, p, g), state, info
+
+  state = bal.init(3)
+  first = [float(task_loss(params, x[t], y[t])) for t in range(3)]
+  for _ in range(30):
+    params, state, info = step(params, state)
+  last = [float(task_loss(params, x[t], y[t])) for t in range(3)]
+  assert all(l < f for l, f in zip(last, first))  # a common descent direction for every task
+
+
+def test_methods_table_lists_every_method_once():
+  assert len(set(mj.mtl.METHODS)) == len(mj.mtl.METHODS) == 14
+  assert set(itertools.chain(mj.mtl.METHODS)) >= {"nash_mtl", "famo", "aligned_mtl"}
