@@ -56,3 +56,15 @@ def test_readme_pretrained_example_runs():
   assert not np.allclose(state.params["prompt"], params["prompt"])  # meta-learned
   np.testing.assert_array_equal(state.params["shared"]["layers"]["query"]["kernel"],
                                 params["shared"]["layers"]["query"]["kernel"])  # frozen
+
+
+def test_readme_balancing_example_runs():
+  blocks = python_blocks()
+  assert len(blocks) >= 4, "README lost its multi-task balancing example"
+  namespace = {}
+  exec(compile(blocks[3], "README.md", "exec"), namespace)
+  losses, w = np.asarray(namespace["losses"]), np.asarray(namespace["info"]["weights"])
+  assert w.shape == (3,) and np.all(w > 0)
+  first = [float(namespace["task_loss"]({"w": np.zeros(5)}, x, y))
+           for x, y in zip(namespace["xs"], namespace["ys"])]
+  assert np.all(losses < np.asarray(first))  # every task improved from the shared start

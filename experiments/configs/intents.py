@@ -59,7 +59,9 @@ METHOD_DEFAULTS = {
     # Logistic regression converges in the inner loop: 300 steps of gradient descent at
     # rate 1 on unit-norm features (the objective is 1-smooth plus the penalty).
     "frozen_logreg": dict(num_steps=0, eval_inner_steps=(300,), inner_lr=1.0),
-    "prompt_tuning": dict(num_steps=0),
+    # Inner lr 30: chosen on 40 validation episodes (5-way 2- and 5-shot) over 0.1, 3 and 30
+    # (97.4 -> 97.6 and 97.6 -> 98.0% after 5 steps at 30; 0.1 changed nothing).
+    "prompt_tuning": dict(num_steps=0, inner_lr=30.0),
     "reptile": dict(inner_steps=5),
     "prompt_pool": dict(inner_steps=5),
     "generated": dict(inner_steps=0, eval_inner_steps=(0,)),
