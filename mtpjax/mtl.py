@@ -6,9 +6,10 @@
 >>> grads, state, info = bal.update(task_losses, task_grads, state)      # doctest: +SKIP
 """
 
+from mtpjax._src.multitask import MultiTaskState, MultiTaskTrainer, multitask_trainer
 from mtpjax._src.mtl import (METHODS, Balancer, aligned_mtl, cagrad, dwa, equal, famo, fixed,
                              get, gradnorm, gradvac, imtl, mgda, nash_mtl, pcgrad, rlw,
                              uncertainty)
 
-__all__ = ["METHODS", "Balancer", "aligned_mtl", "cagrad", "dwa", "equal", "famo", "fixed", "get",
+__all__ = ["METHODS", "Balancer", "MultiTaskState", "MultiTaskTrainer", "multitask_trainer", "aligned_mtl", "cagrad", "dwa", "equal", "famo", "fixed", "get",
            "gradnorm", "gradvac", "imtl", "mgda", "nash_mtl", "pcgrad", "rlw", "uncertainty"]
