@@ -91,22 +91,7 @@ def check_domains(config, textset) -> dict:
   """The class split by domain: disjoint, known, fixed by the config."""
   splits = {"train": tuple(config.train_domains), "val": tuple(config.val_domains),
             "test": tuple(config.test_domains)}
-  if textset.groups is None:
-    raise ValueError(f"config.data: {config.data} has no 'domain' field, which the class split "
-                     f"needs (config.train_domains / val_domains / test_domains)")
-  known = sorted(set(textset.groups))
-  seen = {}
-  for split, domains in splits.items():
-    if not domains:
-      raise ValueError(f"config.{split}_domains is empty")
-    for d in domains:
-      if d not in known:
-        raise ValueError(f"config.{split}_domains: unknown domain {d!r}; the data has {known}")
-      if d in seen:
-        raise ValueError(f"domain {d!r} is in both config.{seen[d]}_domains and "
-                         f"config.{split}_domains: the splits must be disjoint")
-      seen[d] = split
-  return {split: textset.classes_in(domains) for split, domains in splits.items()}
+  return text_tasks.split_by_group(textset, splits, what="config.<split>_domains")
 
 
 def load_splits(config, enc) -> dict:
@@ -115,11 +100,9 @@ def load_splits(config, enc) -> dict:
   with warnings.catch_warnings():  # out-of-scope utterances are left out by design
     warnings.filterwarnings("ignore", message="load_jsonl: left out")
     textset = text_tasks.load_jsonl(path)
-  classes = check_domains(config, textset)
   name = os.path.basename(path)
   out = {}
-  for kind, cls in classes.items():
-    sub = textset.subset(cls)
+  for kind, sub in check_domains(config, textset).items():
     out[kind] = Split(f"{name} {kind} domains", name, kind, sub, enc.tokenize(sub.texts, config.max_len)[0])
   if config.test_data:
     if not os.path.isfile(config.test_data):
@@ -134,14 +117,9 @@ def load_splits(config, enc) -> dict:
 def usable_classes(split: Split, ways, shots, queries, setting) -> Optional[list]:
   """The classes with at least shots + queries examples (the others are skipped with a
   warning naming them), or None (with a warning) when fewer than `ways` remain."""
-  counts = np.bincount(split.texts.labels, minlength=len(split.texts.classes))
   need = shots + queries
-  short = [(c, int(k)) for c, k in zip(split.texts.classes, counts) if k < need]
-  keep = [c for c, k in zip(split.texts.classes, counts) if k >= need]
-  if short:
-    listed = ", ".join(f"{c!r} ({k})" for c, k in short[:10]) + (" ..." if len(short) > 10 else "")
-    warnings.warn(f"{split.name}, {setting}: skipping {len(short)} classes with fewer than "
-                  f"shots + queries = {need} examples: {listed}")
+  keep = text_tasks.classes_with_at_least(split.texts, need,
+                                          what=f"{split.name}, {setting} (shots + queries = {need})")
   if len(keep) < ways:
     warnings.warn(f"{split.name}: {setting} skipped: it needs {ways} classes with at least "
                   f"{need} examples each, and {len(keep)} have them")

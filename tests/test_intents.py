@@ -87,9 +87,9 @@ def test_the_default_class_split_is_disjoint_fixed_and_covers_clinc150():
 
 
 def test_overlapping_or_unknown_domains_are_clear_errors(files, tmp_path):
-  with pytest.raises(ValueError, match="both config.train_domains and config.val_domains"):
+  with pytest.raises(ValueError, match="group 'd0' is in both the 'train' and the 'val' splits"):
     run(files, tmp_path / "a", "frozen_prototypes", val_domains=("d0",))
-  with pytest.raises(ValueError, match="unknown domain 'banking'"):
+  with pytest.raises(ValueError, match="unknown group 'banking'"):
     run(files, tmp_path / "b", "frozen_prototypes", test_domains=("banking",))
 
 

@@ -231,3 +231,38 @@ def load_jsonl(path: str, *, exclude: Sequence[str] = ("oos",),
   labels = np.array([index[n] for n in names], np.int32)
   groups = [domains.get(c) for c in classes] if len(domains) == len(classes) else None
   return TextSet(texts, labels, [str(c) for c in classes], groups)
+
+
+def split_by_group(textset: TextSet, splits: dict, *, what: str = "split") -> dict:
+  """Class splits by group (CLINC150's domains): {name: [groups]} -> {name: TextSet}.
+
+  The groups must exist and the splits must be disjoint (errors name the group and both
+  splits); each split holds every example of its groups' classes, relabelled from 0.
+  """
+  if textset.groups is None:
+    raise ValueError(f"{what}: the data has no 'domain' field, which a split by group needs")
+  known = sorted(set(textset.groups))
+  seen = {}
+  for name, groups in splits.items():
+    if not groups:
+      raise ValueError(f"{what}: the {name!r} split has no groups")
+    for g in groups:
+      if g not in known:
+        raise ValueError(f"{what} {name!r}: unknown group {g!r}; the data has {known}")
+      if g in seen:
+        raise ValueError(f"{what}: group {g!r} is in both the {seen[g]!r} and the {name!r} "
+                         f"splits; they must be disjoint")
+      seen[g] = name
+  return {name: textset.subset(textset.classes_in(groups)) for name, groups in splits.items()}
+
+
+def classes_with_at_least(textset: TextSet, count: int, *, what: str = "data") -> list:
+  """The classes with at least `count` examples; the others are left out with a warning that
+  names them and their counts."""
+  counts = np.bincount(textset.labels, minlength=len(textset.classes))
+  short = [(c, int(k)) for c, k in zip(textset.classes, counts) if k < count]
+  if short:
+    listed = ", ".join(f"{c!r} ({k})" for c, k in short[:10]) + (" ..." if len(short) > 10 else "")
+    warnings.warn(f"{what}: skipping {len(short)} classes with fewer than {count} examples: "
+                  f"{listed}")
+  return [c for c, k in zip(textset.classes, counts) if k >= count]
