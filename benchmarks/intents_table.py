@@ -19,12 +19,15 @@ ORDER = ("frozen_prototypes", "frozen_logreg", "prompt_tuning", "maml", "fomaml"
 
 
 def load(runs: str) -> list:
+  """Every run's results, labelled by its workdir's name (a method, or a variant of one)."""
   out = []
   for path in sorted(glob.glob(os.path.join(runs, "*", "results.json"))):
     with open(path) as f:
-      out.append(json.load(f))
+      res = json.load(f)
+    res["label"] = os.path.basename(os.path.dirname(path))
+    out.append(res)
   rank = {m: i for i, m in enumerate(ORDER)}
-  return sorted(out, key=lambda r: rank.get(r["algorithm"], len(ORDER)))
+  return sorted(out, key=lambda r: (rank.get(r["algorithm"], len(ORDER)), r["label"]))
 
 
 def settings_of(results, data):
@@ -66,7 +69,7 @@ def table(results, data) -> str:
       adapted = f"{adapted:,}"
     episodes = sorted({r["episodes"] for r in res["rows"] if r["data"] == data
                        and r["split"] == "test"})
-    lines.append(f"| {res['algorithm']} | " + " | ".join(cell(res, data, s) for s in settings)
+    lines.append(f"| {res['label']} | " + " | ".join(cell(res, data, s) for s in settings)
                  + f" | {res.get('meta_trained_parameters', 0):,} | {adapted} | "
                  f"{training_minutes(res)} | {'/'.join(map(str, episodes))} |")
   return "\n".join(lines)
@@ -95,9 +98,10 @@ def plots(results, data, out_dir) -> list:
     if pts:
       pts.sort()
       ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                  marker="o", capsize=3, label=res["algorithm"])
+                  marker="o", capsize=3, label=res["label"])
   ax.set(xscale="log", xlabel="shots (5-way)", ylabel="test accuracy (%)",
          title=f"{data}: accuracy against shots (95% CI)")
+  ax.set_xticks([1, 2, 5, 10], labels=["1", "2", "5", "10"])
   ax.legend(fontsize=7)
   fig.tight_layout()
   paths.append(os.path.join(out_dir, "intents_accuracy_vs_shots.png"))
@@ -115,7 +119,7 @@ def plots(results, data, out_dir) -> list:
         drawn = True
         ax.errorbar([r["inner_steps"] for r in rows], [100 * r["mean"] for r in rows],
                     yerr=[100 * r["ci95"] for r in rows], marker="o", capsize=3,
-                    label=f"{res['algorithm']} ({s})")
+                    label=f"{res['label']} ({s})")
   if drawn:
     ax.set(xlabel="inner steps per test episode", ylabel="test accuracy (%)",
            title=f"{data}: accuracy against inner steps")
@@ -136,7 +140,7 @@ def plots(results, data, out_dir) -> list:
     adapted = max(adapted.values()) if isinstance(adapted, dict) else adapted
     n = res.get("meta_trained_parameters", 0) + adapted
     ax.errorbar([max(n, 1)], [100 * r["mean"]], yerr=[100 * r["ci95"]], marker="o", capsize=3,
-                label=res["algorithm"])
+                label=res["label"])
   ax.set(xscale="log", xlabel="parameters trained (meta-trained + adapted per episode; 1 = none)",
          ylabel="test accuracy (%)", title=f"{data}, {s}: accuracy against parameters")
   ax.legend(fontsize=7)

@@ -202,7 +202,7 @@ def test_nan_skip_policy_skips_bad_updates_and_reports_them(tmp_path):
 
 @pytest.mark.parametrize("field,value,match", [
     ("algorithm", "mamll", "config.algorithm must be one of"),
-    ("num_steps", 0, "config.num_steps must be > 0"),
+    ("num_steps", -1, "config.num_steps must be >= 0"),
     ("inner_steps", -1, "config.inner_steps must be >= 0"),
     ("inner_lr", 0.0, "config.inner_lr must be > 0"),
     ("outer_lr", -1e-3, "config.outer_lr must be > 0"),
