@@ -75,6 +75,40 @@ def table(results, data) -> str:
   return "\n".join(lines)
 
 
+def paired(results, data, baseline="frozen_prototypes") -> str:
+  """Each method's accuracy minus the baseline's on the same test episodes (the rows carry
+  per-episode accuracies): mean difference +- 1.96 std / sqrt(n) of the paired differences,
+  much tighter than comparing the two intervals."""
+  import numpy as np
+  base = [r for r in results if r["label"] == baseline]
+  if not base:
+    return ""
+  settings = settings_of(results, data)
+
+  def values(res, setting):
+    rows = [r for r in res["rows"] if r["data"] == data and r["split"] == "test"
+            and r["setting"] == setting and r["selected"] and "per_episode" in r]
+    return np.asarray(rows[0]["per_episode"]) if rows else None
+
+  lines = [f"| method - {baseline} (paired, points) | " + " | ".join(settings) + " |",
+           "|---" * (len(settings) + 1) + "|"]
+  for res in results:
+    if res["label"] == baseline:
+      continue
+    cells = []
+    for s in settings:
+      a, b = values(res, s), values(base[0], s)
+      if a is None or b is None or a.shape != b.shape:
+        cells.append("-")
+        continue
+      d = 100 * (a - b)
+      ci = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+      cells.append(f"{d.mean():+.1f} +- {ci:.1f}")
+    if any(c != "-" for c in cells):
+      lines.append(f"| {res['label']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plots(results, data, out_dir) -> list:
   import matplotlib
   matplotlib.use("Agg")
@@ -169,6 +203,9 @@ def main():
   for data in datas:
     text.append(f"**{data}** (test accuracy %, the inner-step count chosen on validation in "
                 f"brackets when not 0)\n\n" + table(results, data))
+    diff = paired(results, data)
+    if diff:
+      text.append(diff)
     if not args.no_plots:
       for p in plots(results, data, args.runs):
         text.append(f"plot: {p}")

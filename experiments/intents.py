@@ -435,6 +435,9 @@ def build(config, optimizer) -> common.Experiment:
         for row in common.eval_rows(res, metric_names={"accuracy": "accuracy"}, setting=setting):
           row.update(method=method, data=split.data, split=split.kind,
                      selected=row["inner_steps"] == selected.get(setting))
+          if split.kind == "test":  # every method sees the same episodes: paired comparisons
+            row["per_episode"] = [round(float(v), 4) for v in
+                                  res.column("accuracy", row["inner_steps"])]
           rows.append(row)
       extras[name] = results
     return rows, extras
