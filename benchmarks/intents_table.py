@@ -78,10 +78,12 @@ def table(results, data) -> str:
 def paired(results, data, baseline="frozen_prototypes") -> str:
   """Each method's accuracy minus the baseline's on the same test episodes (the rows carry
   per-episode accuracies): mean difference +- 1.96 std / sqrt(n) of the paired differences,
-  much tighter than comparing the two intervals."""
+  much tighter than comparing the two intervals. Episodes are the same only for the same
+  number of them (episode i comes from split(key, n)[i]), so each row is paired with a
+  baseline run of its own episode count (e.g. a frozen_prototypes run with eval_tasks=300)."""
   import numpy as np
-  base = [r for r in results if r["label"] == baseline]
-  if not base:
+  bases = [r for r in results if r["algorithm"] == baseline]
+  if not bases:
     return ""
   settings = settings_of(results, data)
 
@@ -90,18 +92,20 @@ def paired(results, data, baseline="frozen_prototypes") -> str:
             and r["setting"] == setting and r["selected"] and "per_episode" in r]
     return np.asarray(rows[0]["per_episode"]) if rows else None
 
-  lines = [f"| method - {baseline} (paired, points) | " + " | ".join(settings) + " |",
-           "|---" * (len(settings) + 1) + "|"]
+  lines = [f"| method - {baseline} on the same episodes (points) | " + " | ".join(settings)
+           + " |", "|---" * (len(settings) + 1) + "|"]
   for res in results:
-    if res["label"] == baseline:
+    if res["algorithm"] == baseline:
       continue
     cells = []
     for s in settings:
-      a, b = values(res, s), values(base[0], s)
-      if a is None or b is None or a.shape != b.shape:
+      a = values(res, s)
+      same = [b for b in (values(r, s) for r in bases)
+              if a is not None and b is not None and b.shape == a.shape]
+      if not same:
         cells.append("-")
         continue
-      d = 100 * (a - b)
+      d = 100 * (a - same[0])
       ci = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
       cells.append(f"{d.mean():+.1f} +- {ci:.1f}")
     if any(c != "-" for c in cells):
