@@ -106,11 +106,7 @@ def test_test_data_on_resume_adds_rows_without_retraining(files, tmp_path):
   new = {(r["split"], r["inner_steps"]): r["mean"] for r in again["rows"]
          if r["data"] == "data.jsonl"}
   assert new == pytest.approx(old)
-  # A third file replaces nothing but its own rows.
-  other = write_jsonl(files["root"] / "other.jsonl",
-                      [{"text": w, "intent": f"c{k}"} for k in range(3) for w in WORDS[:4]])
-  third = run(files, tmp_path, "fomaml", test_data=other)
-  assert {r["data"] for r in third["rows"]} == {"data.jsonl", "ext.jsonl", "other.jsonl"}
+  assert len(again["rows"]) == len(first["rows"]) + len(ext_rows)
 
 
 def test_test_data_errors_name_the_classes_and_counts(files, tmp_path):
@@ -152,3 +148,13 @@ def test_zero_step_shortcut_equals_adapting_zero_steps_per_episode(files, tmp_pa
   b = [(r["split"], r["mean"]) for r in slow["rows"]]
   assert [s for s, _ in a] == [s for s, _ in b]
   np.testing.assert_allclose([m for _, m in a], [m for _, m in b], atol=1e-6)
+
+
+def test_results_of_other_data_files_are_kept_on_re_evaluation(tmp_path):
+  path = tmp_path / "results.json"
+  old = [{"data": "a.jsonl", "mean": 0.1}, {"data": "b.jsonl", "mean": 0.2}]
+  path.write_text(__import__("json").dumps({"rows": old}))
+  new = [{"data": "a.jsonl", "mean": 0.3}, {"data": "c.jsonl", "mean": 0.4}]
+  merged = common._merged_rows(str(path), new, "data")
+  assert merged == [{"data": "b.jsonl", "mean": 0.2}] + new  # b kept, a replaced, c added
+  assert common._merged_rows(str(tmp_path / "none.json"), new, "data") == new
