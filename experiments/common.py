@@ -419,6 +419,25 @@ def _merged_rows(path: str, rows: list, field: str) -> list:
   return [r for r in old if isinstance(r, dict) and r.get(field) not in new] + rows
 
 
+def parse_settings(settings, num_classes: Optional[int] = None) -> list:
+  """["5x1", "5x5"] -> [(5, 1), (5, 5)] (ways x shots), with errors that name the field;
+  num_classes, when given, bounds the ways."""
+  out = []
+  for s in settings:
+    try:
+      ways, shots = (int(v) for v in str(s).lower().split("x"))
+    except ValueError:
+      raise ValueError(f"config.eval_settings entries must be 'WAYSxSHOTS' like '5x1', got "
+                       f"{s!r}") from None
+    if ways <= 1 or shots <= 0 or (num_classes is not None and ways > num_classes):
+      bound = f"2 <= ways <= {num_classes} (test classes)" if num_classes else "ways >= 2"
+      raise ValueError(f"config.eval_settings: {s!r} needs {bound} and shots >= 1")
+    out.append((ways, shots))
+  if not out:
+    raise ValueError("config.eval_settings must list at least one 'WAYSxSHOTS' setting")
+  return out
+
+
 def format_value(v) -> str:
   """A table cell: 4 decimals in the usual range, scientific notation when huge or tiny, and
   nan / inf spelled out, so columns never run together."""

@@ -61,22 +61,6 @@ STATIC_PROMPT_METHODS = ("prompt_tuning", "maml", "fomaml", "reptile", "metasgd"
                          "average", "multitask")
 
 
-def parse_settings(settings):
-  out = []
-  for s in settings:
-    try:
-      ways, shots = (int(v) for v in str(s).lower().split("x"))
-    except ValueError:
-      raise ValueError(f"config.eval_settings entries must be 'WAYSxSHOTS' like '5x1', got "
-                       f"{s!r}") from None
-    if ways < 2 or shots < 1:
-      raise ValueError(f"config.eval_settings: {s!r} needs ways >= 2 and shots >= 1")
-    out.append((ways, shots))
-  if not out:
-    raise ValueError("config.eval_settings must list at least one 'WAYSxSHOTS' setting")
-  return out
-
-
 class Split(NamedTuple):
   """One labelled set (a class split or an external file), tokenized."""
 
@@ -235,7 +219,7 @@ def check_method_fields(config):
 def build(config, optimizer) -> common.Experiment:
   t_build = time.perf_counter()
   check_method_fields(config)
-  settings = parse_settings(config.eval_settings)
+  settings = common.parse_settings(config.eval_settings)
   method = config.method
   encoder_path = config.encoder or os.path.join(default_data_dir(), "all-MiniLM-L6-v2")
   enc = mj.pretrained.load(encoder_path)

@@ -19,24 +19,6 @@ from experiments.configs import omniglot as config_lib
 EVAL_SEED_OFFSET = 10_007  # test episodes come from their own key, never from training's
 
 
-def parse_settings(settings, num_classes):
-  """["5x1", "5x5"] -> [(5, 1), (5, 5)] (ways x shots), with errors that name the field."""
-  out = []
-  for s in settings:
-    try:
-      ways, shots = (int(v) for v in str(s).lower().split("x"))
-    except ValueError:
-      raise ValueError(f"config.eval_settings entries must be 'WAYSxSHOTS' like '5x1', got "
-                       f"{s!r}") from None
-    if ways <= 1 or shots <= 0 or ways > num_classes:
-      raise ValueError(f"config.eval_settings: {s!r} needs 2 <= ways <= {num_classes} (test "
-                       "classes) and shots >= 1")
-    out.append((ways, shots))
-  if not out:
-    raise ValueError("config.eval_settings must list at least one 'ways,shots' setting")
-  return out
-
-
 def load_split(config):
   data = mj.tasks.omniglot.load_npz(config.data_path)
   n = data["images"].shape[0]
@@ -69,7 +51,7 @@ def build(config, optimizer) -> common.Experiment:
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}")
   train, test, _ = load_split(config)
-  settings = parse_settings(config.eval_settings, test.shape[0])
+  settings = common.parse_settings(config.eval_settings, test.shape[0])
   if config.algorithm != "protonet" and any(w != config.ways for w, _ in settings):
     raise ValueError(f"config.eval_settings {list(config.eval_settings)}: a {config.ways}-way "
                      f"model (config.ways) has a {config.ways}-way head and can only be tested "
