@@ -39,12 +39,17 @@ def settings_of(results, data):
   return seen
 
 
-def cell(res, data, setting):
+def selected_row(res, data, setting):
+  """The test row of a setting at the inner-step count validation chose, or None."""
   rows = [r for r in res["rows"] if r["data"] == data and r["split"] == "test"
           and r["setting"] == setting and r["selected"]]
-  if not rows:
+  return rows[0] if rows else None
+
+
+def cell(res, data, setting):
+  r = selected_row(res, data, setting)
+  if r is None:
     return "-"
-  r = rows[0]
   steps = f" ({r['inner_steps']})" if r["inner_steps"] else ""
   return f"{100 * r['mean']:.1f} +- {100 * r['ci95']:.1f}{steps}"
 
@@ -92,9 +97,8 @@ def paired(results, data, baseline="frozen_prototypes") -> str:
   settings = settings_of(results, data)
 
   def values(res, setting):
-    rows = [r for r in res["rows"] if r["data"] == data and r["split"] == "test"
-            and r["setting"] == setting and r["selected"] and "per_episode" in r]
-    return np.asarray(rows[0]["per_episode"]) if rows else None
+    r = selected_row(res, data, setting)
+    return np.asarray(r["per_episode"]) if r is not None and "per_episode" in r else None
 
   lines = [f"| method - {baseline} on the same episodes (points) | " + " | ".join(settings)
            + " |", "|---" * (len(settings) + 1) + "|"]
@@ -122,11 +126,13 @@ def plots(results, data, out_dir) -> list:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   paths = []
+  selected = lambda res, setting: selected_row(res, data, setting)
 
-  def selected(res, setting):
-    rows = [r for r in res["rows"] if r["data"] == data and r["split"] == "test"
-            and r["setting"] == setting and r["selected"]]
-    return rows[0] if rows else None
+  def save(fig, ax, name):
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, name))
+    fig.savefig(paths[-1], dpi=110)
 
   # Accuracy against shots (5-way), every method, with intervals.
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -144,10 +150,7 @@ def plots(results, data, out_dir) -> list:
   ax.set(xscale="log", xlabel="shots (5-way)", ylabel="test accuracy (%)",
          title=f"{data}: accuracy against shots (95% CI)")
   ax.set_xticks([1, 2, 5, 10], labels=["1", "2", "5", "10"])
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  paths.append(os.path.join(out_dir, "intents_accuracy_vs_shots.png"))
-  fig.savefig(paths[-1], dpi=110)
+  save(fig, ax, "intents_accuracy_vs_shots.png")
   plt.close(fig)
 
   # Accuracy against inner steps, for the runs that measured more than one count.
@@ -165,10 +168,7 @@ def plots(results, data, out_dir) -> list:
   if drawn:
     ax.set(xlabel="inner steps per test episode", ylabel="test accuracy (%)",
            title=f"{data}: accuracy against inner steps")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "intents_accuracy_vs_inner_steps.png"))
-    fig.savefig(paths[-1], dpi=110)
+    save(fig, ax, "intents_accuracy_vs_inner_steps.png")
   plt.close(fig)
 
   # Accuracy against parameters trained (meta-trained + adapted), first setting.
@@ -185,10 +185,7 @@ def plots(results, data, out_dir) -> list:
                 label=res["label"])
   ax.set(xscale="log", xlabel="parameters trained (meta-trained + adapted per episode; 1 = none)",
          ylabel="test accuracy (%)", title=f"{data}, {s}: accuracy against parameters")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  paths.append(os.path.join(out_dir, "intents_accuracy_vs_parameters.png"))
-  fig.savefig(paths[-1], dpi=110)
+  save(fig, ax, "intents_accuracy_vs_parameters.png")
   plt.close(fig)
   return paths
 

@@ -122,8 +122,9 @@ def featurize(enc, kind: str, split: Split, entry_layer: int, shared=None) -> Op
   return {"lower": mj.pretrained.lower_states(loaded, split.ids, entry_layer, progress=False)}
 
 
-def family(split: Split, feats, ways, shots, queries, setting):
-  keep = usable_classes(split, ways, shots, queries, setting)
+def family(split: Split, feats, ways, shots, queries, setting, keep=None):
+  """Episodes over the split's usable classes (`keep`, if already chosen), or None."""
+  keep = usable_classes(split, ways, shots, queries, setting) if keep is None else keep
   if keep is None:
     return None
   index = {c: i for i, c in enumerate(split.texts.classes)}
@@ -367,8 +368,8 @@ def build(config, optimizer) -> common.Experiment:
     results = {}
     for i, (ways, shots) in enumerate(settings):
       setting = f"{ways}-way {shots}-shot"
-      fam = family(split, f, ways, shots, config.queries, setting)
-      if fam is None:
+      keep = usable_classes(split, ways, shots, config.queries, setting)  # warns once
+      if keep is None:
         continue
       key = jax.random.fold_in(eval_key, i + (VAL_SEED_OFFSET * 1000 if split.kind == "val"
                                               else 0))
@@ -382,14 +383,15 @@ def build(config, optimizer) -> common.Experiment:
       steps = eval_steps
       if fast_zero:
         head0 = mj.prototype_classifier(proto_cached, ways, distance="cosine", scale=config.scale)
-        fam0 = family(split, zero_feats, ways, shots, config.queries, setting)
+        fam0 = family(split, zero_feats, ways, shots, config.queries, setting, keep)
         lrn0 = mj.meta_learner(head0.loss_fn, optimizer, algorithm=ALGORITHMS["frozen_prototypes"],
                                inner_steps=0, task_repr=head0.task_repr)
         pieces.append(mj.evaluate(lrn0, {S: {}}, fam0.sample, key=key, num_tasks=n_tasks,
                                   inner_steps=(0,), metrics={"accuracy": head0.accuracy_fn},
                                   batch_size=config.eval_batch_size, every_step=False))
         steps = tuple(s for s in eval_steps if s > 0)
-      if steps:
+      if steps:  # only now gather the split's features into an episode family
+        fam = family(split, f, ways, shots, config.queries, setting, keep)
         pieces.append(mj.evaluate(lrn, pw, fam.sample, key=key, num_tasks=n_tasks,
                                   inner_steps=steps, metrics={"accuracy": acc},
                                   batch_size=config.eval_batch_size, every_step=False))
