@@ -1,4 +1,5 @@
-"""Multi-task balancing methods (LibMTL's, in JAX): mtpjax.mtl.get(name, **hyperparameters).
+"""Multi-task learning: balancing methods (LibMTL's, in JAX), the multi-task step, multi-task
+architectures, per-task metrics and Δm, and distillation.
 
 >>> import mtpjax as mj                                                  # doctest: +SKIP
 >>> bal = mj.mtl.get("cagrad", c=0.4)                                    # doctest: +SKIP
@@ -6,10 +7,17 @@
 >>> grads, state, info = bal.update(task_losses, task_grads, state)      # doctest: +SKIP
 """
 
-from mtpjax._src.multitask import MultiTaskState, MultiTaskTrainer, multitask_trainer
+from mtpjax._src.distill import distillation_loss, soft_kl
+from mtpjax._src.metrics import (CONVENTIONS, classification_metrics, confusion_matrix, delta_m,
+                                 delta_m_both)
 from mtpjax._src.mtl import (METHODS, Balancer, aligned_mtl, cagrad, dwa, equal, famo, fixed,
                              get, gradnorm, gradvac, imtl, mgda, nash_mtl, pcgrad, rlw,
                              uncertainty)
+from mtpjax._src.mtl_nets import MMoE, mmoe, shared_bottom, tower
+from mtpjax._src.multitask import MultiTaskState, MultiTaskTrainer, multitask_trainer
 
-__all__ = ["METHODS", "Balancer", "MultiTaskState", "MultiTaskTrainer", "multitask_trainer", "aligned_mtl", "cagrad", "dwa", "equal", "famo", "fixed", "get",
-           "gradnorm", "gradvac", "imtl", "mgda", "nash_mtl", "pcgrad", "rlw", "uncertainty"]
+__all__ = ["CONVENTIONS", "METHODS", "Balancer", "MMoE", "MultiTaskState", "MultiTaskTrainer",
+           "aligned_mtl", "cagrad", "classification_metrics", "confusion_matrix", "delta_m",
+           "delta_m_both", "distillation_loss", "dwa", "equal", "famo", "fixed", "get",
+           "gradnorm", "gradvac", "imtl", "mgda", "mmoe", "multitask_trainer", "nash_mtl",
+           "pcgrad", "rlw", "shared_bottom", "soft_kl", "tower", "uncertainty"]

@@ -326,3 +326,106 @@ def test_multitask_inputs_without_the_task_axis_are_clear_errors():
   bad = {**params, "head": {"v": params["head"]["v"][:2]}}
   with pytest.raises(ValueError, match="per-task roles"):
     trainer.init(bad, key=KEY)
+
+
+def mixed_layout(batches):
+  """The same examples as one mixed batch with a task id each."""
+  x, y = batches
+  t, n = y.shape
+  return jnp.repeat(jnp.arange(t), n), (x.reshape(t * n, -1), y.reshape(t * n))
+
+
+@pytest.mark.parametrize("name", ["equal", "mgda"])
+def test_mixed_batches_give_the_step_of_one_batch_per_task(name):
+  import optax
+  params, batches, loss_fn = mtl_problem()
+
+  def per_example(p, batch):
+    bx, by = batch
+    return (jnp.tanh(bx @ p["shared"]["w"]) @ p["head"]["v"] - by) ** 2
+
+  out = []
+  for fn, b, mixed in ((loss_fn, batches, False), (per_example, mixed_layout(batches), True)):
+    trainer = mj.mtl.multitask_trainer(fn, optax.sgd(0.5), mj.mtl.get(name), num_tasks=3,
+                                       mixed=mixed, donate=False)
+    state, metrics = trainer.step(trainer.init(params, key=KEY), b)
+    out.append((state.params, metrics["task_losses"]))
+  np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(out[0][0]), jax.tree.leaves(out[1][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  trainer = mj.mtl.multitask_trainer(per_example, optax.sgd(0.5), mj.mtl.get(name),
+                                     num_tasks=3, mixed=True)
+  ids, (x, y) = mixed_layout(batches)
+  with pytest.raises(ValueError, match="task_ids"):
+    trainer.step(trainer.init(params, key=KEY), (ids[:5], (x, y)))
+
+
+def test_representation_gradients_weigh_tasks_by_dL_dz_then_take_one_gradient():
+  """MGDA-UB: the weights are MGDA's min-norm point of the gradients at the representation,
+  and the step is the gradient of the weighted loss."""
+  import optax
+  params, batches, loss_fn = mtl_problem()
+  represent = lambda p, b: jnp.tanh(b[0] @ p["shared"]["w"])
+  head_loss = lambda p, z, b: jnp.mean((z @ p["head"]["v"] - b[1]) ** 2)
+  trainer = mj.mtl.multitask_trainer(loss_fn, optax.sgd(1.0), mj.mtl.get("mgda"), num_tasks=3,
+                                     represent=represent, head_loss=head_loss, donate=False)
+  new, metrics = trainer.step(trainer.init(params, key=KEY), batches)
+  z_grads = []
+  for t in range(3):
+    p = trainer.task_params(params, t)
+    b = (batches[0][t], batches[1][t])
+    z_grads.append(np.ravel(jax.grad(lambda z: head_loss(p, z, b))(represent(p, b))))
+  _, _, info = mj.mtl.get("mgda").update(jnp.ones(3), jnp.asarray(np.stack(z_grads)),
+                                         mj.mtl.get("mgda").init(3))
+  w = np.asarray(metrics["weights"])
+  np.testing.assert_allclose(w, info["weights"], rtol=1e-4, atol=1e-6)
+  g_shared, g_head = manual_grads(params, batches, loss_fn, w)
+  np.testing.assert_allclose(params["shared"]["w"] - new.params["shared"]["w"], g_shared,
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(params["head"]["v"] - new.params["head"]["v"], g_head,
+                             rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="both represent and head_loss"):
+    mj.mtl.multitask_trainer(loss_fn, optax.sgd(1.0), mj.mtl.get("mgda"), num_tasks=3,
+                             represent=represent)
+
+
+def test_run_draws_its_batches_and_equals_the_same_steps_one_by_one():
+  import optax
+  params, _, loss_fn = mtl_problem()
+
+  def sample(key):
+    kx, ky = jax.random.split(key)
+    return jax.random.normal(kx, (3, 16, 4)), jax.random.normal(ky, (3, 16))
+
+  trainer = mj.mtl.multitask_trainer(loss_fn, optax.adam(1e-2), mj.mtl.get("famo"),
+                                     num_tasks=3, sample=sample, donate=False)
+  state = trainer.init(params, key=KEY)
+  together, metrics = trainer.run(state, 4)
+  assert metrics["task_losses"].shape == (4, 3) and metrics["loss"].shape == (4,)
+  one = state
+  for _ in range(4):
+    one, _ = trainer.step(one)
+  for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(one.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_every_role_per_task_trains_independent_single_task_models():
+  """per_task including "shared": T models in one step, each as if trained alone."""
+  import optax
+  params, batches, loss_fn = mtl_problem()
+  params = {**params, "shared": {"w": jnp.stack([params["shared"]["w"]] * 3)}}
+  trainer = mj.mtl.multitask_trainer(loss_fn, optax.adam(0.05), mj.mtl.get("equal"),
+                                     num_tasks=3, per_task=("shared", "head"), donate=False)
+  state = trainer.init(params, key=KEY)
+  for _ in range(5):
+    state, _ = trainer.step(state, batches)
+  t = 1
+  alone = trainer.task_params(params, t)
+  opt = optax.adam(0.05)
+  opt_state = opt.init(alone)
+  for _ in range(5):
+    g = jax.grad(loss_fn)(alone, (batches[0][t], batches[1][t]))
+    updates, opt_state = opt.update(g, opt_state, alone)
+    alone = optax.apply_updates(alone, updates)
+  for a, b in zip(jax.tree.leaves(trainer.task_params(state.params, t)), jax.tree.leaves(alone)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

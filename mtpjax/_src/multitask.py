@@ -12,9 +12,20 @@ A step takes one batch per task (a pytree with a leading task axis) and
   - for a loss-only method (equal, fixed, RLW, uncertainty, DWA, FAMO) takes instead one
     gradient of sum_i w_i L_i, with w from the losses, and no per-task gradients at all;
   - applies any optax optimizer.
+
+Batches come in two layouts: one batch per task (every leaf [T, n, ...]; loss_fn returns the
+task's scalar loss), or mixed (`mixed=True`: step(state, (task_ids [n], batch)), loss_fn
+returns per-example losses [n], and task t's loss is the mean over its examples; every task's
+head sees every example, so this costs T forward passes of the per-task roles).
+
+MGDA-UB (Sener & Koltun 2018) weighs the tasks by their gradients with respect to a shared
+representation instead of the shared parameters: pass `represent(params, batch) -> z` and
+`head_loss(task_params, z, batch) -> loss` (with loss_fn(p, b) == head_loss(p, represent(p, b), b))
+and any gradient method computes its weights from dL_t/dz_t, then the step is one gradient of
+sum_t w_t L_t, which costs one backward pass instead of T.
 """
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +51,17 @@ class MultiTaskTrainer(NamedTuple):
   step: Callable[..., tuple]
   task_params: Callable[..., types.Params]
   num_tasks: int
+  run: Optional[Callable[..., tuple]] = None  # run(state, n): n steps in one call (needs sample)
 
 
 def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
                       optimizer: optax.GradientTransformation,
                       balancer: mtl_lib.Balancer, *, num_tasks: int,
                       per_task: Sequence[str] = (types.HEAD, types.PROMPT),
+                      sample: Optional[Callable[[types.PRNGKey], Any]] = None,
+                      mixed: bool = False,
+                      represent: Optional[Callable[..., Any]] = None,
+                      head_loss: Optional[Callable[..., jax.Array]] = None,
                       donate: bool = True) -> MultiTaskTrainer:
   """Builds the multi-task step.
 
@@ -56,7 +72,12 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     optimizer: any optax optimizer over every role.
     balancer: mj.mtl.get(name, ...).
     num_tasks: T, the leading axis of the per-task roles and of the batches.
-    per_task: the roles with a leading task axis.
+    per_task: the roles with a leading task axis. Listing "shared" too gives T independent
+      models in one step: the single-task baselines, trained side by side.
+    sample: sample(key) -> batches, drawn on the device; then step(state) needs no batches and
+      run(state, n) takes n steps in one jitted lax.scan.
+    mixed: batches are (task_ids [n], batch) and loss_fn returns per-example losses.
+    represent, head_loss: MGDA-UB's representation gradients (see the module docstring).
 
   >>> trainer = multitask_trainer(loss_fn, optax.adam(1e-3), mj.mtl.get("famo"),
   ...                             num_tasks=3)                         # doctest: +SKIP
@@ -66,6 +87,12 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
   if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
     raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
   per_task = tuple(per_task)
+  if (represent is None) != (head_loss is None):
+    raise ValueError("multitask_trainer: representation gradients need both represent and "
+                     "head_loss")
+  if represent is not None and mixed:
+    raise ValueError("multitask_trainer: representation gradients take one batch per task, "
+                     "not mixed batches")
 
   def split(params):
     own = {r: v for r, v in params.items() if r in per_task}
@@ -78,36 +105,87 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
 
   def check(params, batches):
     _, own = split(params)
-    for where, tree in (("per-task roles", own), ("batches", batches)):
+    trees = [("per-task roles", own)]
+    if mixed:
+      ids, batch = batches if batches else (None, {})
+      if ids is not None:
+        n = tuple(ids.shape)
+        bad = [a.shape for a in jax.tree.leaves(batch) if tuple(a.shape[:1]) != n]
+        if len(n) != 1 or not jnp.issubdtype(ids.dtype, jnp.integer) or bad:
+          raise ValueError(f"multitask (mixed): batches must be (task_ids [n] integers, batch "
+                           f"with leaves [n, ...]); got ids {n} and leaves {bad[:3]}")
+    else:
+      trees.append(("batches", batches))
+    for where, tree in trees:
       bad = [a.shape for a in jax.tree.leaves(tree) if not a.shape or a.shape[0] != num_tasks]
       if bad:
         raise ValueError(f"multitask: every leaf of the {where} needs a leading task axis of "
                          f"{num_tasks}, got shapes {bad[:3]}")
 
   def init(params, *, key):
-    check(params, {})
+    check(params, ())
     params = jax.tree.map(jnp.copy, dict(params))
     return MultiTaskState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
                           balancer.init(num_tasks), key)
 
-  def per_task_losses(shared, own, batches):
-    return jax.vmap(lambda o, b: loss_fn({**shared, **o}, b))(own, batches)
+  def task_loss(t, params, batches):
+    """Task t's loss; in the mixed layout, the mean of its examples' losses."""
+    if not mixed:
+      return loss_fn(params, batches)
+    ids, batch = batches
+    member = (ids == t).astype(jnp.float32)
+    return jnp.sum(member * loss_fn(params, batch)) / jnp.maximum(jnp.sum(member), 1.0)
 
-  def step(state, batches):
+  def task_batches(batches):
+    """What vmap maps over with the task index: per-task slices, or the whole mixed batch."""
+    return (None, batches) if mixed else (0, batches)
+
+  def all_losses(shared, own, batches):
+    axis, b = task_batches(batches)
+    return jax.vmap(lambda t, o, b: task_loss(t, {**shared, **o}, b),
+                    in_axes=(0, 0, axis))(jnp.arange(num_tasks), own, b)
+
+  def weighted_grads(shared, own, batches, weights_of):
+    """One gradient of sum_t w_t L_t, with w = weights_of(stop_gradient(losses))."""
+    def total(shared, own):
+      losses = all_losses(shared, own, batches)
+      w, aux = weights_of(jax.lax.stop_gradient(losses))
+      return jnp.sum(jax.lax.stop_gradient(w) * losses), (losses, aux)
+    (_, (losses, aux)), (g_shared, g_own) = jax.value_and_grad(
+        total, argnums=(0, 1), has_aux=True)(shared, own)
+    return losses, aux, g_shared, g_own
+
+  def step(state, batches=None):
+    if batches is None:
+      if sample is None:
+        raise ValueError("multitask: step(state) needs `sample` at construction; else call "
+                         "step(state, batches)")
+      batches = sample(jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1))
     key = jax.random.fold_in(state.key, state.step)
     shared, own = split(state.params)
     if balancer.loss_only:
-      def total(shared, own):
-        losses = per_task_losses(shared, own, batches)
-        w, bstate, info = balancer.weights(jax.lax.stop_gradient(losses),
-                                           state.balancer_state, key)
-        return jnp.sum(w * losses), (losses, bstate, info)
-      (_, (losses, bstate, info)), (g_shared, g_own) = jax.value_and_grad(
-          total, argnums=(0, 1), has_aux=True)(shared, own)
+      def weights_of(losses):
+        w, bstate, info = balancer.weights(losses, state.balancer_state, key)
+        return w, (bstate, info)
+      losses, (bstate, info), g_shared, g_own = weighted_grads(shared, own, batches, weights_of)
+    elif represent is not None:
+      # MGDA-UB: the balancer sees dL_t/dz_t, the gradients at each task's representation.
+      def weights_of(losses):
+        def one(o, b):
+          z = represent({**shared, **o}, b)
+          return jax.grad(lambda z: head_loss({**shared, **o}, z, b))(z)
+        z_grads = jax.vmap(one)(own, batches)
+        _, bstate, info = balancer.update(losses, z_grads, state.balancer_state, key)
+        return info["weights"], (bstate, info)
+      losses, (bstate, info), g_shared, g_own = weighted_grads(shared, own, batches, weights_of)
     else:
-      def one(o, b):
-        return jax.value_and_grad(lambda s, o: loss_fn({**s, **o}, b), argnums=(0, 1))(shared, o)
-      losses, (task_g_shared, task_g_own) = jax.vmap(one)(own, batches)
+      axis, b = task_batches(batches)
+
+      def one(t, o, b):
+        return jax.value_and_grad(lambda s, o: task_loss(t, {**s, **o}, b),
+                                  argnums=(0, 1))(shared, o)
+      losses, (task_g_shared, task_g_own) = jax.vmap(one, in_axes=(0, 0, axis))(
+          jnp.arange(num_tasks), own, b)
       g_shared, bstate, info = balancer.update(losses, task_g_shared, state.balancer_state, key)
       w = info["weights"]
       g_own = jax.tree.map(lambda g: g * w.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype),
@@ -115,14 +193,33 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     grads = {**g_shared, **g_own}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"task_losses": losses, "weights": info["weights"],
+    metrics = {"loss": jnp.mean(losses), "task_losses": losses, "weights": info["weights"],
                "grad_norm": optax.tree.norm(grads)}
     return MultiTaskState(state.step + 1, params, opt_state, bstate, state.key), metrics
 
+  def run(state, num_steps):
+    return jax.lax.scan(lambda carry, _: step(carry), state, None, length=num_steps)
+
   compiled = jax.jit(step, donate_argnums=(0,) if donate else ())
+  compiled_run = jax.jit(run, static_argnums=(1,), donate_argnums=(0,) if donate else ())
 
-  def checked_step(state, batches):
-    check(state.params, batches)
-    return compiled(state, batches)
+  def checked_step(state, batches=None):
+    if batches is not None:
+      check(state.params, batches)
+      return compiled(state, batches)
+    return compiled(state)
 
-  return MultiTaskTrainer(init, checked_step, task_params, num_tasks)
+  def checked_run(state, num_steps: int):
+    if sample is None:
+      raise ValueError("multitask: run(state, num_steps) samples its own batches: build the "
+                       "trainer with `sample`")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+      raise ValueError(f"run: num_steps must be a positive int, got {num_steps!r}")
+    if num_steps == 1:
+      state, metrics = compiled(state)
+      return state, jax.tree.map(lambda m: m[None], metrics)
+    return compiled_run(state, num_steps)
+
+  if sample is not None:
+    check({}, jax.eval_shape(sample, jax.random.key(0)))
+  return MultiTaskTrainer(init, checked_step, task_params, num_tasks, checked_run)
