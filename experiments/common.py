@@ -61,10 +61,13 @@ class NonFiniteError(FloatingPointError):
   pass
 
 
-def check_config(config: ml_collections.ConfigDict, algorithms=None) -> None:
+def check_config(config: ml_collections.ConfigDict, algorithms=None, *,
+                 meta: bool = True) -> None:
   """Clear errors for the fields every experiment shares, before anything compiles.
 
   `algorithms`: the names this experiment accepts (default: mtpjax.ALGORITHMS).
+  `meta`: False for experiments without an inner loop (multi-task training), which have no
+  meta-batch, inner steps or evaluation tasks.
   """
 
   def positive(name, allow_zero=False):
@@ -77,10 +80,11 @@ def check_config(config: ml_collections.ConfigDict, algorithms=None) -> None:
   algorithms = sorted(mj.ALGORITHMS if algorithms is None else algorithms)
   if config.algorithm not in algorithms:
     raise ValueError(f"config.algorithm must be one of {algorithms}, got {config.algorithm!r}")
-  for name in ("meta_batch_size", "inner_lr", "outer_lr",
-               "log_every", "checkpoint_every", "keep_checkpoints", "eval_tasks"):
+  meta_fields = ("meta_batch_size", "inner_lr", "eval_tasks") if meta else ()
+  for name in meta_fields + ("outer_lr", "log_every", "checkpoint_every", "keep_checkpoints"):
     positive(name)
-  positive("inner_steps", allow_zero=True)
+  if meta:
+    positive("inner_steps", allow_zero=True)
   positive("num_steps", allow_zero=True)  # 0: evaluate the initialisation (a baseline)
   k = config.get("steps_per_call", 1)
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -89,7 +93,7 @@ def check_config(config: ml_collections.ConfigDict, algorithms=None) -> None:
     if config[name] % k:
       raise ValueError(f"config.steps_per_call ({k}) must divide config.{name} "
                        f"({config[name]}): logs and checkpoints fall between calls")
-  eval_steps = list(config.eval_inner_steps)
+  eval_steps = list(config.eval_inner_steps) if meta else [0]
   if not eval_steps or any((not isinstance(s, int)) or s < 0 for s in eval_steps):
     raise ValueError(f"config.eval_inner_steps must be a non-empty list of integers >= 0, "
                      f"got {eval_steps!r}")
@@ -147,6 +151,11 @@ def _skipped_updates(opt_state) -> int:
 @jax.jit
 def _all_finite(tree):
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _window_mean(values: np.ndarray):
+  mean = np.mean(values, axis=0)
+  return float(mean) if mean.ndim == 0 else mean.tolist()
 
 
 def _read_jsonl(path, max_step=None):
@@ -298,6 +307,9 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
   def cause():
     steps = ckpt.steps()
     last = os.path.join(ckpt.directory, str(steps[-1])) if steps else "none (no checkpoint yet)"
+    if config.get("inner_lr") is None:
+      return (f"Last good checkpoint: {last}. Likely cause: the learning rate (config.outer_lr="
+              f"{config.outer_lr}) is too large for this model; lower it")
     return (f"Last good checkpoint: {last}. Likely causes: the inner learning rate "
             f"(config.inner_lr={config.inner_lr}) or the outer one (config.outer_lr="
             f"{config.outer_lr}) is too large for this model; lower it")
@@ -334,7 +346,9 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
         window_steps += n
       if step % config.log_every == 0 or step == num_steps:
         host = jax.device_get(window)  # the only host sync in the loop
-        row = {k: float(np.mean(np.concatenate([m[k] for m in host]))) for k in host[0]}
+        # Scalars per step are averaged over the window; vectors (a multi-task run's
+        # per-task losses and weights, [steps, T]) element by element, kept as lists.
+        row = {k: _window_mean(np.concatenate([m[k] for m in host])) for k in host[0]}
         now = time.perf_counter()
         row["steps_per_sec"] = window_steps / max(now - t_log, 1e-9) if step > steps_at_t0 else None
         row["step"] = step
@@ -347,7 +361,8 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
           if not bool(_all_finite(state.params)):
             raise NonFiniteError(nan_message(step, "parameters (after skipped updates)"))
         else:
-          bad = sorted(k for k, v in row.items() if v is not None and not math.isfinite(v))
+          bad = sorted(k for k, v in row.items()
+                       if v is not None and not np.all(np.isfinite(v)))
           if bad:
             raise NonFiniteError(nan_message(step, " and ".join(bad)))
         factor = config.get("divergence_factor", 0.0)
@@ -452,9 +467,18 @@ def format_value(v) -> str:
 
 
 def results_table(results: dict) -> str:
-  lines = [f"{results['benchmark']} / {results['algorithm']}: {results['num_steps']} meta-steps, "
-           + (f"{results['meta_steps_per_sec']:.0f} meta-steps/s, " if results['meta_steps_per_sec'] else "")
-           + f"{results['backend']}",
+  head = (f"{results['benchmark']} / {results['algorithm']}: {results['num_steps']} meta-steps, "
+          + (f"{results['meta_steps_per_sec']:.0f} meta-steps/s, " if results['meta_steps_per_sec'] else "")
+          + f"{results['backend']}")
+  rows = results["rows"]
+  if rows and "metric" not in rows[0]:  # not episodic (multi-task): one column per field
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: format_value(v) if isinstance(v, float) else str(v)
+    width = {c: max(len(c), *(len(cell(r.get(c, "-"))) for r in rows)) for c in cols}
+    lines = [head, " ".join(f"{c:>{width[c]}}" for c in cols)]
+    lines += [" ".join(f"{cell(r.get(c, '-')):>{width[c]}}" for c in cols) for r in rows]
+    return "\n".join(lines)
+  lines = [head,
            f"{'metric':<10} {'setting':<12} {'inner steps':>11} {'mean':>11} {'95% CI':>11} "
            f"{'episodes':>9} {'diverged':>9}"]
   for r in results["rows"]:
@@ -554,7 +578,7 @@ def _check_config_flags(argv, default_config) -> None:
 
 
 def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable,
-         algorithms=None) -> None:
+         algorithms=None, *, meta: bool = True) -> None:
   """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...]."""
   from absl import app, flags
   from ml_collections import config_flags
@@ -572,7 +596,7 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     config = resolve(flags.FLAGS.config)
-    check_config(config, algorithms)
+    check_config(config, algorithms, meta=meta)
     apply_xla_flags(config.get("xla_flags"))
     experiment = build(config, make_optimizer(config))
     results = train_and_evaluate(config, flags.FLAGS.workdir, experiment,

@@ -13,6 +13,8 @@ from mtpjax._src.metrics import (CONVENTIONS, classification_metrics, confusion_
 from mtpjax._src.mtl import (METHODS, Balancer, aligned_mtl, cagrad, dwa, equal, famo, fixed,
                              get, gradnorm, gradvac, imtl, mgda, nash_mtl, pcgrad, rlw,
                              uncertainty)
+from mtpjax._src.mtl_toy import STARTS as TOY_STARTS
+from mtpjax._src.mtl_toy import on_pareto_set, pareto_x2, toy_losses, toy_trajectories
 from mtpjax._src.mtl_nets import MMoE, mmoe, shared_bottom, tower
 from mtpjax._src.multitask import MultiTaskState, MultiTaskTrainer, multitask_trainer
 
@@ -20,4 +22,5 @@ __all__ = ["CONVENTIONS", "METHODS", "Balancer", "MMoE", "MultiTaskState", "Mult
            "aligned_mtl", "cagrad", "classification_metrics", "confusion_matrix", "delta_m",
            "delta_m_both", "distillation_loss", "dwa", "equal", "famo", "fixed", "get",
            "gradnorm", "gradvac", "imtl", "mgda", "mmoe", "multitask_trainer", "nash_mtl",
-           "pcgrad", "rlw", "shared_bottom", "soft_kl", "tower", "uncertainty"]
+           "on_pareto_set", "pareto_x2", "pcgrad", "rlw", "shared_bottom", "soft_kl", "TOY_STARTS",
+           "toy_losses", "toy_trajectories", "tower", "uncertainty"]

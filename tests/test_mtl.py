@@ -116,7 +116,7 @@ def test_cagrad_is_the_mean_at_c0_and_solves_its_inner_problem():
 
 
 def test_nash_mtl_weights_solve_the_bargaining_condition():
-  _, state, info = run("nash_mtl", G3)
+  _, state, info = run("nash_mtl", G3, max_norm=0.0)
   a = np.asarray(info["weights"])
   m = G3 @ G3.T
   m = m / np.linalg.norm(m)
@@ -124,11 +124,17 @@ def test_nash_mtl_weights_solve_the_bargaining_condition():
   np.testing.assert_allclose(m @ a, 1 / a, rtol=1e-3)
   # Orthogonal gradients: alpha_i = 1 / sqrt(M_ii), so every task gets the same |alpha_i g_i|.
   ortho = np.diag([1.0, 3.0, 0.5, 0.0])[:3]
-  g, _, info = run("nash_mtl", ortho)
+  g, _, info = run("nash_mtl", ortho, max_norm=0.0)
   contrib = np.asarray(info["weights"]) * np.array([1.0, 3.0, 0.5])
   np.testing.assert_allclose(contrib, contrib[0], rtol=1e-4)
   # Warm start: the next step starts from the solution.
   np.testing.assert_allclose(state["alpha"], a)
+  # The default clips the combined gradient to norm 1; the weights stay proportional to alpha.
+  g, _, info = run("nash_mtl", G3)
+  assert np.linalg.norm(a @ G3) > 1.0
+  np.testing.assert_allclose(np.linalg.norm(g), 1.0, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(info["weights"]) / a, 1 / np.linalg.norm(a @ G3),
+                             rtol=1e-4)
 
 
 def test_aligned_mtl_makes_the_task_gradients_orthonormal_to_one_scale():
@@ -429,3 +435,26 @@ def test_every_role_per_task_trains_independent_single_task_models():
     alone = optax.apply_updates(alone, updates)
   for a, b in zip(jax.tree.leaves(trainer.task_params(state.params, t)), jax.tree.leaves(alone)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_tasks", [2, 5])
+def test_every_method_steps_under_jit_with_any_number_of_tasks_and_traces_once(num_tasks):
+  import optax
+  params, batches, loss_fn = mtl_problem(num_tasks)
+  traces = []
+
+  def counted(p, b):
+    traces.append(1)  # runs only while tracing
+    return loss_fn(p, b)
+
+  for name in sorted(mj.mtl.METHODS):
+    hp = {"weights": [1.0] * num_tasks} if name == "fixed" else {}
+    trainer = mj.mtl.multitask_trainer(counted, optax.adam(1e-2), mj.mtl.get(name, **hp),
+                                       num_tasks=num_tasks)
+    state = trainer.init(params, key=KEY)
+    state, m1 = trainer.step(state, batches)
+    after_first = len(traces)
+    state, m2 = trainer.step(state, batches)
+    assert len(traces) == after_first, f"{name} traced its step again"
+    assert m2["weights"].shape == (num_tasks,) and np.all(np.isfinite(m2["weights"])), name
+    assert np.all(np.isfinite(jax.tree.leaves(state.params)[0])), name

@@ -325,7 +325,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
                        f"({list(algo.reset)})")
     outer, _ = adapt_lib.split_roles(params, outer)
     state = MetaState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(outer), key=key)
+                      opt_state=optimizer.init(outer), key=jax.random.clone(key))
     return state if mesh is None else sharding_lib.replicate(state, mesh)
 
   def meta_grads(params, tasks):

@@ -316,12 +316,14 @@ def cagrad(c: float = 0.5, rescale: int = 1, iters: int = 500) -> Balancer:
     gram = mat @ mat.T
     scale = jnp.mean(jnp.abs(gram)) + EPS     # the solve is scale-free: work at unit scale
     a = gram / scale
-    g0_norm = jnp.sqrt(jnp.mean(a) + EPS)
+    # Clamped at 0: with near-opposite gradients (a Pareto-stationary point) rounding makes
+    # these quadratic forms slightly negative, and their square roots NaN.
+    g0_norm = jnp.sqrt(jnp.maximum(jnp.mean(a), 0.0) + EPS)
     k = c * g0_norm
     b = jnp.full((n,), 1.0 / n)
 
     def objective(w):
-      return w @ a @ b + k * jnp.sqrt(w @ a @ w + EPS)
+      return w @ a @ b + k * jnp.sqrt(jnp.maximum(w @ a @ w, 0.0) + EPS)
 
     def body(_, w):
       g = jax.grad(objective)(w)
@@ -330,7 +332,7 @@ def cagrad(c: float = 0.5, rescale: int = 1, iters: int = 500) -> Balancer:
 
     w = jax.lax.fori_loop(0, iters, body, b)
     gw = w @ mat
-    lam = c * jnp.sqrt(jnp.mean(gram) + EPS) / (jnp.linalg.norm(gw) + EPS)
+    lam = c * jnp.sqrt(jnp.maximum(jnp.mean(gram), 0.0) + EPS) / (jnp.linalg.norm(gw) + EPS)
     coef = b + lam * w
     coef = coef / {0: 1.0, 1: 1.0 + c ** 2, 2: 1.0 + c}[rescale]
     return unravel(coef @ mat), state, {"weights": coef, "w": w}
@@ -366,12 +368,18 @@ def imtl(lr: float = 1e-3) -> Balancer:
   return Balancer(init, update)
 
 
-def nash_mtl(iters: int = 20) -> Balancer:
+def nash_mtl(iters: int = 20, max_norm: float = 1.0) -> Balancer:
   """Nash-MTL (Navon et al. 2022): weights alpha > 0 solving M alpha = 1 / alpha, where
   M = G G^T / |G G^T|_F (the reference code's normalisation, whose alpha it applies to the raw
   gradients; the raw system's solution is alpha / sqrt(|G G^T|_F), the same direction),
   found as the minimiser of the strictly convex 1/2 a^T M a - sum log a by damped Newton
-  steps that keep every alpha positive, warm-started from the previous step's alpha."""
+  steps that keep every alpha positive, warm-started from the previous step's alpha. Where no
+  solution exists (M singular, at a Pareto-stationary point) the previous alpha is kept.
+  As the reference code, the combined gradient's norm is clipped to `max_norm` (0: off): alpha
+  grows as 1 / |g| where gradients are small, and one spike would otherwise swamp Adam's
+  second moment; the reported weights include the clip."""
+  if max_norm < 0:
+    raise ValueError(f"nash_mtl: max_norm must be >= 0 (0 turns the clip off), got {max_norm}")
 
   def init(num_tasks):
     return {"alpha": jnp.ones((num_tasks,), jnp.float32)}
@@ -393,8 +401,15 @@ def nash_mtl(iters: int = 20) -> Balancer:
 
     start = jnp.where(jnp.all(state["alpha"] > 0), state["alpha"], 1.0)
     alpha = jax.lax.fori_loop(0, iters, body, start)
+    # At a Pareto-stationary point (the gradients' combination can vanish) M is singular and
+    # the problem has no solution: alpha runs off to infinity along M's null space. Keep the
+    # previous alpha then, as the reference code does when its solver fails.
+    alpha = jnp.where(jnp.all(jnp.isfinite(alpha)) & jnp.all(alpha > 0), alpha, start)
     residual = jnp.linalg.norm(m @ alpha - 1.0 / alpha)
-    return unravel(alpha @ mat), {"alpha": alpha}, {"weights": alpha, "residual": residual}
+    w = alpha
+    if max_norm:
+      w = alpha * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(alpha @ mat) + EPS))
+    return unravel(w @ mat), {"alpha": alpha}, {"weights": w, "residual": residual}
 
   return Balancer(init, update)
 

@@ -125,8 +125,11 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
   def init(params, *, key):
     check(params, ())
     params = jax.tree.map(jnp.copy, dict(params))
+    # Copies throughout: the step donates the state, so no buffer may appear in it twice (a
+    # balancer may put one array in two fields) nor belong to the caller (params, key).
     return MultiTaskState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                          balancer.init(num_tasks), key)
+                          jax.tree.map(jnp.copy, balancer.init(num_tasks)),
+                          jax.random.clone(key))
 
   def task_loss(t, params, batches):
     """Task t's loss; in the mixed layout, the mean of its examples' losses."""

@@ -1,0 +1,104 @@
+"""Every balancing method on the two-objective toy problem (CAGrad, Nash-MTL, FAMO).
+
+  python -m benchmarks.mtl_toy [--out runs/mtl_toy] [--steps 35000]
+
+From the five published starts, 35,000 Adam steps at lr 1e-3 on x (task 1's loss scaled by
+0.1), each method with its defaults (FAMO with the losses' lower bounds its toy uses, fixed
+with weights 1, 1). Prints which starts reach the Pareto set and saves two plots: the
+trajectories in parameter space and in loss space, one panel per method.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mtpjax as mj
+
+HYPERPARAMETERS = {"famo": {"min_losses": [-2.1, -21.0]}, "fixed": {"weights": [1.0, 1.0]}}
+
+
+def run_all(steps: int, every: int) -> dict:
+  out = {}
+  for name in sorted(mj.mtl.METHODS):
+    t0 = time.perf_counter()
+    xs, losses = mj.mtl.toy_trajectories(mj.mtl.get(name, **HYPERPARAMETERS.get(name, {})),
+                                         steps=steps, every=every)
+    xs, losses = np.asarray(xs), np.asarray(losses)
+    reached = np.asarray(mj.mtl.on_pareto_set(xs[:, -1])) & np.all(np.isfinite(xs[:, -1]), -1)
+    out[name] = {"xs": xs, "losses": losses, "reached": reached.tolist(),
+                 "seconds": time.perf_counter() - t0}
+    ends = ", ".join("diverged" if not np.all(np.isfinite(e)) else f"({e[0]:.2f}, {e[1]:.2f})"
+                     for e in xs[:, -1])
+    print(f"{name:12s} reached {int(reached.sum())}/5  ends {ends}", flush=True)
+  return out
+
+
+def plot(runs: dict, path_x: str, path_l: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  names = sorted(runs)
+  cols = 5
+  rows = -(-len(names) // cols)
+  grid = np.linspace(-10, 10, 201)
+  g1, g2 = np.meshgrid(grid, grid)
+  pts = jnp.stack([g1.ravel(), g2.ravel()], -1)
+  total = np.asarray(jax.vmap(lambda x: jnp.sum(mj.mtl.toy_losses(x)))(pts)).reshape(g1.shape)
+  x1 = np.linspace(-7, 7, 101)
+  front_x2 = np.asarray(mj.mtl.pareto_x2(jnp.asarray(x1)))
+  front_l = np.asarray(jax.vmap(mj.mtl.toy_losses)(jnp.stack([jnp.asarray(x1), front_x2], -1)))
+  colors = plt.cm.tab10(np.arange(5))
+  for space, path in (("x", path_x), ("loss", path_l)):
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names):
+      r = runs[name]
+      if space == "x":
+        ax.contour(g1, g2, total, levels=20, linewidths=0.4, colors="0.7")
+        ax.plot(x1, front_x2, "k", lw=3, alpha=0.6)
+        for i, traj in enumerate(r["xs"]):
+          ax.plot(traj[:, 0], traj[:, 1], color=colors[i], lw=1)
+          ax.plot(*traj[0], "o", color=colors[i], ms=3)
+          ax.plot(*traj[-1], "*" if r["reached"][i] else "x", color=colors[i], ms=7)
+        ax.set(xlim=(-10, 10), ylim=(-10, 10))
+      else:
+        ax.plot(front_l[:, 0], front_l[:, 1], "k", lw=3, alpha=0.6)
+        for i, traj in enumerate(r["losses"]):
+          ax.plot(traj[:, 0], traj[:, 1], color=colors[i], lw=1)
+          ax.plot(*traj[-1], "*" if r["reached"][i] else "x", color=colors[i], ms=7)
+        ax.set(xlabel="L1 (x0.1)", ylabel="L2")
+      ax.set_title(f"{name}: {sum(r['reached'])}/5", fontsize=9)
+    for ax in axes.ravel()[len(names):]:
+      ax.axis("off")
+    fig.suptitle("toy problem: trajectories from the 5 published starts (black: Pareto set; "
+                 "* reached, x not)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default="runs/mtl_toy")
+  parser.add_argument("--steps", type=int, default=35_000)
+  parser.add_argument("--every", type=int, default=100, help="record a point every N steps")
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  runs = run_all(args.steps, args.every)
+  summary = {n: {"reached": r["reached"], "end": r["xs"][:, -1].tolist(),
+                 "seconds": r["seconds"]} for n, r in runs.items()}
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump({"steps": args.steps, "starts": mj.mtl.TOY_STARTS, "methods": summary,
+               "backend": jax.default_backend(), "jax_version": jax.__version__}, f, indent=1)
+  px, pl = (os.path.join(args.out, f) for f in ("toy_x.png", "toy_losses.png"))
+  plot(runs, px, pl)
+  print(f"wrote {px}, {pl}")
+
+
+if __name__ == "__main__":
+  main()

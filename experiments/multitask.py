@@ -1,0 +1,115 @@
+"""Multi-task learning with balancing methods on tasks of controlled correlation.
+
+  python -m experiments.multitask --workdir runs/mtl/famo --config.method=famo
+
+See experiments/configs/multitask.py for the protocol and every field; the table over methods,
+architectures, correlations and seeds (with Δm) is `python -m benchmarks.multitask_table`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mtpjax as mj
+from experiments import common
+from experiments.configs import multitask as config_lib
+
+NUM_TASKS = 2
+SPLIT_SEED_OFFSET = {"train": 1, "val": 2, "test": 3}  # one weights key, one data key per split
+
+
+def build_model(config):
+  prompt = mj.prompts.context(config.prompt_dim) if config.prompt_dim else None
+  kw = dict(prompt=prompt, context_dim=config.prompt_dim, context_mode="film")
+  if config.arch == "mmoe":
+    return mj.mtl.mmoe(config.experts, config.expert, config.tower, 1, **kw)
+  return mj.mtl.shared_bottom(config.bottom, config.tower, 1, **kw)
+
+
+def data(config):
+  """Train, validation and test sets of one problem (the same task weights)."""
+  w_key = jax.random.key(config.seed)
+  return {split: mj.tasks.correlated.make(
+      jax.random.fold_in(w_key, off), correlation=config.correlation, dim=config.dim,
+      num_examples=config[f"{split}_examples"], weights_key=w_key)
+      for split, off in SPLIT_SEED_OFFSET.items()}
+
+
+def build(config, optimizer) -> common.Experiment:
+  model = build_model(config)
+  sets = data(config)
+  train = sets["train"]
+  single = config.method == "single_task"
+  per_task = ("shared", "head", "prompt") if single else ("head", "prompt")
+  balancer = mj.mtl.get("equal" if single else config.method,
+                        **config_lib.parse_hyperparameters(config.hyperparameters))
+  # One initialisation per task, stacked; multi-task models keep task 0's shared roles.
+  keys = jax.random.split(jax.random.key(config.seed + 100), NUM_TASKS)
+  stacked = jax.vmap(lambda k: model.init(k, train.x[:2]))(keys)
+  params = {r: (v if r in per_task else jax.tree.map(lambda a: a[0], v))
+            for r, v in stacked.items()}
+
+  def loss_fn(p, batch):
+    x, y = batch
+    return mj.mse(model.apply(p, x)[:, 0], y)
+
+  def sample(key):
+    idx = jax.random.randint(key, (config.batch_size,), 0, train.x.shape[0])
+    x = jnp.broadcast_to(train.x[idx], (NUM_TASKS, config.batch_size, config.dim))
+    return x, train.y[:, idx]                                   # [T, b, d], [T, b]
+
+  trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=NUM_TASKS,
+                                     per_task=per_task, sample=sample)
+
+  @jax.jit
+  def task_mse(params, x, y):  # [T]: each task's MSE on the whole set
+    return jax.vmap(lambda t, yt: loss_fn(trainer.task_params(params, t), (x, yt)))(
+        jnp.arange(NUM_TASKS), y)
+
+  def evaluate(params):
+    rows = []
+    for split in ("val", "test"):
+      mse = np.asarray(task_mse(params, sets[split].x, sets[split].y))
+      for t in range(NUM_TASKS):
+        rows.append({"method": config.method, "arch": config.arch,
+                     "correlation": config.correlation, "seed": config.seed, "split": split,
+                     "task": t, "mse": float(mse[t])})
+    return rows, None
+
+  label_corr = float(np.corrcoef(np.asarray(train.y))[0, 1])
+  shared_count = sum(int(np.prod(a.shape[1:] if "shared" in per_task else a.shape))
+                     for a in jax.tree.leaves(params.get("shared", {})))
+  facts = {"label_correlation": label_corr, "shared_parameters": shared_count,
+           "parameters": sum(int(a.size) for a in jax.tree.leaves(params))}
+
+  def plot(workdir, params, history, extras):
+    del params, extras
+    return make_plots(workdir, config, history)
+
+  return common.Experiment("multitask_synthetic", trainer, params, evaluate, plot,
+                           facts=facts)
+
+
+def make_plots(workdir, config, history):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  steps = [h["step"] for h in history]
+  paths = []
+  for key, label, name in (("task_losses", "training MSE", "task_losses.png"),
+                           ("weights", "task weight", "weights.png")):
+    values = np.asarray([h[key] for h in history])  # [logs, T]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in range(values.shape[1]):
+      ax.plot(steps, values[:, t], label=f"task {t}")
+    ax.set(xlabel="step", ylabel=label, yscale="log" if key == "task_losses" else "linear",
+           title=f"{config.method}, {config.arch}, correlation {config.correlation}")
+    ax.legend()
+    paths.append(common.save_figure(fig, workdir, name))
+  return paths
+
+
+if __name__ == "__main__":
+  common.main(config_lib.get_config(), config_lib.resolve, build,
+              algorithms=config_lib.METHODS, meta=False)
