@@ -2,12 +2,13 @@
 # Every balancing method and the single-task baselines on MMoE's synthetic benchmark:
 # correlations 0, 0.5, 0.9, 1; shared bottom and MMoE; SEEDS seeds. Then the table.
 #   bash benchmarks/multitask_synthetic.sh [RUNS] [SEEDS]      (default runs/mtl, "0 1 2")
-# METHODS="equal famo" limits the methods; JOBS=2 runs two at a time.
+# METHODS="equal famo" limits the methods (default: every method but `fixed`, which needs its
+# weights and with equal ones is `equal`); JOBS=2 runs two at a time.
 set -euo pipefail
 RUNS=${1:-runs/mtl}
 SEEDS=${2:-"0 1 2"}
 PY=${PYTHON:-.venv/bin/python}
-METHODS=${METHODS:-$($PY -c "from experiments.configs import multitask as m; print(' '.join(m.METHODS))")}
+METHODS=${METHODS:-$($PY -c "from experiments.configs import multitask as m; print(' '.join(x for x in m.METHODS if x != 'fixed'))")}
 JOBS=${JOBS:-1}
 mkdir -p "$RUNS"
 jobs_list=()

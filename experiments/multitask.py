@@ -45,7 +45,7 @@ def build(config, optimizer) -> common.Experiment:
                         **config_lib.parse_hyperparameters(config.hyperparameters))
   # One initialisation per task, stacked; multi-task models keep task 0's shared roles.
   keys = jax.random.split(jax.random.key(config.seed + 100), NUM_TASKS)
-  stacked = jax.vmap(lambda k: model.init(k, train.x[:2]))(keys)
+  stacked = jax.jit(jax.vmap(lambda k: model.init(k, train.x[:2])))(keys)
   params = {r: (v if r in per_task else jax.tree.map(lambda a: a[0], v))
             for r, v in stacked.items()}
 

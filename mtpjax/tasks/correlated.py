@@ -14,6 +14,7 @@ c = 1, m = 10, alpha_i = 1..10, beta_i = i^2 for i = 0..9, noise 0.01.
 ((1000, 100), (2, 1000))
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -33,7 +34,7 @@ class Correlated(NamedTuple):
 
 def task_weights(key: types.PRNGKey, correlation: float, dim: int, scale: float = 1.0):
   """[2, dim]: w1 = c u1, w2 = c (p u1 + sqrt(1 - p^2) u2), u1 and u2 orthonormal."""
-  if not -1.0 <= correlation <= 1.0:
+  if isinstance(correlation, (int, float)) and not -1.0 <= correlation <= 1.0:
     raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
   if dim < 2:
     raise ValueError(f"dim must be >= 2 (two orthogonal directions), got {dim}")
@@ -62,7 +63,16 @@ def make(key: types.PRNGKey, *, correlation: float, num_examples: int, dim: int 
   """
   if num_examples < 1:
     raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-  k_w, k_x, k_eps = jax.random.split(key, 3)
-  w = task_weights(k_w if weights_key is None else weights_key, correlation, dim, scale)
+  if not -1.0 <= correlation <= 1.0:
+    raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
+  return _make(key, key if weights_key is None else weights_key, correlation, num_examples,
+               dim, scale, noise)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _make(key, weights_key, correlation, num_examples, dim, scale, noise):
+  # One compiled program: op by op, the ten sines over [tasks, n] compile one by one.
+  _, k_x, k_eps = jax.random.split(key, 3)
+  w = task_weights(weights_key, correlation, dim, scale)
   x = jax.random.normal(k_x, (num_examples, dim))
   return Correlated(x, labels(x, w, k_eps, noise), w)
