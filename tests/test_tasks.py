@@ -53,3 +53,24 @@ def test_class_episodes_empty_data():
     mj.tasks.classification.episodes(jnp.zeros((0, 5, 3)), ways=1, shots=1, queries=1)
   with pytest.raises(ValueError, match=r"expected an array \[classes"):
     mj.tasks.classification.episodes(jnp.zeros((5,)), ways=1, shots=1, queries=1)
+
+
+def test_correlated_tasks_have_the_asked_cosine_and_mmoe_labels():
+  from mtpjax.tasks import correlated
+  for p in (0.0, 0.5, 0.9, 1.0):
+    d = correlated.make(jax.random.key(0), correlation=p, num_examples=64, dim=10, scale=2.0)
+    w = np.asarray(d.w)
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 2.0, rtol=1e-5)
+    np.testing.assert_allclose(w[0] @ w[1] / 4.0, p, atol=1e-5)
+  # y_k = w_k.x + sum_i sin(alpha_i w_k.x + beta_i) + noise, checked on one input by hand.
+  d = correlated.make(jax.random.key(1), correlation=0.5, num_examples=8, dim=4, noise=0.0)
+  z = float(d.w[1] @ d.x[3])
+  expect = z + sum(np.sin(a * z + b) for a, b in zip(correlated.ALPHAS, correlated.BETAS))
+  np.testing.assert_allclose(d.y[1, 3], expect, rtol=1e-4, atol=1e-4)
+  # Splits of one problem share the task weights.
+  other = correlated.make(jax.random.key(2), correlation=0.5, num_examples=8, dim=4,
+                          weights_key=jax.random.key(1))
+  assert not np.allclose(other.x, d.x)
+  np.testing.assert_array_equal(other.w, d.w)
+  with pytest.raises(ValueError, match="correlation"):
+    correlated.make(jax.random.key(0), correlation=1.5, num_examples=8)
