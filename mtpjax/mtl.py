@@ -1,5 +1,5 @@
 """Multi-task learning: balancing methods (LibMTL's, in JAX), the multi-task step, multi-task
-architectures, per-task metrics and Δm, and distillation.
+architectures, per-task metrics and Δm, aggregation of per-task prompts, and distillation.
 
 >>> import mtpjax as mj                                                  # doctest: +SKIP
 >>> bal = mj.mtl.get("cagrad", c=0.4)                                    # doctest: +SKIP
@@ -7,6 +7,8 @@ architectures, per-task metrics and Δm, and distillation.
 >>> grads, state, info = bal.update(task_losses, task_grads, state)      # doctest: +SKIP
 """
 
+from mtpjax._src.aggregate import MPT, mpt_decompose, weighted_mean
+from mtpjax._src.aggregate import mean as aggregate_mean
 from mtpjax._src.distill import distillation_loss, soft_kl
 from mtpjax._src.metrics import (CONVENTIONS, classification_metrics, confusion_matrix, delta_m,
                                  delta_m_both)
@@ -18,7 +20,8 @@ from mtpjax._src.mtl_toy import on_pareto_set, pareto_x2, toy_losses, toy_trajec
 from mtpjax._src.mtl_nets import MMoE, mmoe, shared_bottom, tower
 from mtpjax._src.multitask import MultiTaskState, MultiTaskTrainer, multitask_trainer
 
-__all__ = ["CONVENTIONS", "METHODS", "Balancer", "MMoE", "MultiTaskState", "MultiTaskTrainer",
+__all__ = ["CONVENTIONS", "METHODS", "MPT", "Balancer", "MMoE", "aggregate_mean", "mpt_decompose",
+           "weighted_mean", "MultiTaskState", "MultiTaskTrainer",
            "aligned_mtl", "cagrad", "classification_metrics", "confusion_matrix", "delta_m",
            "delta_m_both", "distillation_loss", "dwa", "equal", "famo", "fixed", "get",
            "gradnorm", "gradvac", "imtl", "mgda", "mmoe", "multitask_trainer", "nash_mtl",

@@ -458,3 +458,28 @@ def test_every_method_steps_under_jit_with_any_number_of_tasks_and_traces_once(n
     assert len(traces) == after_first, f"{name} traced its step again"
     assert m2["weights"].shape == (num_tasks,) and np.all(np.isfinite(m2["weights"])), name
     assert np.all(np.isfinite(jax.tree.leaves(state.params)[0])), name
+
+
+def test_frozen_roles_reach_the_loss_but_get_no_update_and_no_optimizer_state():
+  import optax
+  params, batches, loss_fn = mtl_problem()
+  params = {**params, "encoder": {"scale": jnp.asarray(2.0)}}
+
+  def scaled(p, b):
+    return p["encoder"]["scale"] * loss_fn(p, b)
+
+  for name in ("equal", "mgda"):
+    trainer = mj.mtl.multitask_trainer(scaled, optax.sgd(1.0), mj.mtl.get(name), num_tasks=3,
+                                       frozen=("encoder",), donate=False)
+    state = trainer.init(params, key=KEY)
+    new, metrics = trainer.step(state, batches)
+    assert float(new.params["encoder"]["scale"]) == 2.0
+    w = np.asarray(metrics["weights"])
+    g_shared, _ = manual_grads(params, batches, lambda p, b: 2.0 * loss_fn(p, b), w)
+    np.testing.assert_allclose(params["shared"]["w"] - new.params["shared"]["w"], g_shared,
+                               rtol=1e-4, atol=1e-6)
+  adam = mj.mtl.multitask_trainer(scaled, optax.adam(1e-3), mj.mtl.get("equal"), num_tasks=3,
+                                  frozen=("encoder",))
+  state_size = sum(a.size for a in jax.tree.leaves(adam.init(params, key=KEY).opt_state))
+  trained = params["shared"]["w"].size + params["head"]["v"].size
+  assert state_size == 1 + 2 * trained  # Adam's count, mu and nu: nothing for the encoder

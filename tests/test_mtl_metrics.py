@@ -99,3 +99,27 @@ def test_mmoe_with_one_expert_is_the_shared_bottom_and_gates_lie_on_the_simplex(
   assert bool(jnp.all(g > 0))
   with pytest.raises(ValueError, match="context_dim"):
     mj.mtl.mmoe(2, (16,), (8,), 1, prompt=prompt)
+
+
+def test_aggregation_mean_weighted_mean_and_the_mpt_decomposition():
+  prompts = {"p": jnp.arange(12.0).reshape(3, 2, 2)}
+  np.testing.assert_allclose(mj.mtl.aggregate_mean(prompts)["p"], [[4, 5], [6, 7]])
+  w = mj.mtl.weighted_mean(prompts, jnp.array([1.0, 0.0, 3.0]))["p"]
+  np.testing.assert_allclose(w, (0.25 * np.arange(4) + 0.75 * np.arange(8, 12)).reshape(2, 2))
+  with pytest.raises(ValueError, match="one score per task"):
+    mj.mtl.weighted_mean(prompts, jnp.ones(2))
+  with pytest.raises(ValueError, match=">= 0"):
+    mj.mtl.weighted_mean(prompts, jnp.array([1.0, -1.0, 1.0]))
+  # Prompts that have the MPT form (shared * rank-1 per task) are reconstructed almost
+  # exactly, and the fitted factors still give every task's prompt.
+  rng = np.random.default_rng(0)
+  shared = rng.normal(size=(4, 6))
+  u = 1 + 0.3 * rng.normal(size=(5, 4, 1))
+  v = 1 + 0.3 * rng.normal(size=(5, 1, 6))
+  tuned = shared[None] * (u @ v)
+  mpt = mj.mtl.mpt_decompose(jnp.asarray(tuned), rank=1, steps=3000, lr=1e-2)
+  assert float(mpt.error) < 0.02
+  np.testing.assert_allclose(mpt.shared[None] * (mpt.u @ mpt.v), tuned, atol=0.05)
+  # Unstructured prompts are not: the error says how much the form loses.
+  noise = mj.mtl.mpt_decompose(jnp.asarray(rng.normal(size=(5, 4, 6))), rank=1, steps=500)
+  assert float(noise.error) > 0.3

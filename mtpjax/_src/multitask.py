@@ -60,6 +60,7 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
                       per_task: Sequence[str] = (types.HEAD, types.PROMPT),
                       sample: Optional[Callable[[types.PRNGKey], Any]] = None,
                       mixed: bool = False,
+                      frozen: Sequence[str] = (),
                       represent: Optional[Callable[..., Any]] = None,
                       head_loss: Optional[Callable[..., jax.Array]] = None,
                       donate: bool = True) -> MultiTaskTrainer:
@@ -77,6 +78,8 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     sample: sample(key) -> batches, drawn on the device; then step(state) needs no batches and
       run(state, n) takes n steps in one jitted lax.scan.
     mixed: batches are (task_ids [n], batch) and loss_fn returns per-example losses.
+    frozen: roles passed to loss_fn unchanged, with no gradient, no optimizer state and no
+      balancing (a pretrained encoder under per-task prompts and heads).
     represent, head_loss: MGDA-UB's representation gradients (see the module docstring).
 
   >>> trainer = multitask_trainer(loss_fn, optax.adam(1e-3), mj.mtl.get("famo"),
@@ -86,7 +89,10 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
   """
   if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
     raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
-  per_task = tuple(per_task)
+  per_task, frozen = tuple(per_task), tuple(frozen)
+  if set(per_task) & set(frozen):
+    raise ValueError(f"multitask_trainer: roles {sorted(set(per_task) & set(frozen))} are both "
+                     f"per_task and frozen")
   if (represent is None) != (head_loss is None):
     raise ValueError("multitask_trainer: representation gradients need both represent and "
                      "head_loss")
@@ -96,12 +102,18 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
 
   def split(params):
     own = {r: v for r, v in params.items() if r in per_task}
-    shared = {r: v for r, v in params.items() if r not in per_task}
+    shared = {r: v for r, v in params.items() if r not in per_task and r not in frozen}
     return shared, own
+
+  def frozen_part(params):
+    return {r: v for r, v in params.items() if r in frozen}
 
   def task_params(params, t):
     shared, own = split(params)
-    return {**shared, **jax.tree.map(lambda a: a[t], own)}
+    return {**frozen_part(params), **shared, **jax.tree.map(lambda a: a[t], own)}
+
+  def trainable(params):
+    return {r: v for r, v in params.items() if r not in frozen}
 
   def check(params, batches):
     _, own = split(params)
@@ -127,12 +139,13 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     params = jax.tree.map(jnp.copy, dict(params))
     # Copies throughout: the step donates the state, so no buffer may appear in it twice (a
     # balancer may put one array in two fields) nor belong to the caller (params, key).
-    return MultiTaskState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+    return MultiTaskState(jnp.zeros((), jnp.int32), params, optimizer.init(trainable(params)),
                           jax.tree.map(jnp.copy, balancer.init(num_tasks)),
                           jax.random.clone(key))
 
-  def task_loss(t, params, batches):
+  def task_loss(t, params, batches, fz):
     """Task t's loss; in the mixed layout, the mean of its examples' losses."""
+    params = {**fz, **params}
     if not mixed:
       return loss_fn(params, batches)
     ids, batch = batches
@@ -143,15 +156,15 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     """What vmap maps over with the task index: per-task slices, or the whole mixed batch."""
     return (None, batches) if mixed else (0, batches)
 
-  def all_losses(shared, own, batches):
+  def all_losses(shared, own, batches, fz):
     axis, b = task_batches(batches)
-    return jax.vmap(lambda t, o, b: task_loss(t, {**shared, **o}, b),
+    return jax.vmap(lambda t, o, b: task_loss(t, {**shared, **o}, b, fz),
                     in_axes=(0, 0, axis))(jnp.arange(num_tasks), own, b)
 
-  def weighted_grads(shared, own, batches, weights_of):
+  def weighted_grads(shared, own, batches, weights_of, fz):
     """One gradient of sum_t w_t L_t, with w = weights_of(stop_gradient(losses))."""
     def total(shared, own):
-      losses = all_losses(shared, own, batches)
+      losses = all_losses(shared, own, batches, fz)
       w, aux = weights_of(jax.lax.stop_gradient(losses))
       return jnp.sum(jax.lax.stop_gradient(w) * losses), (losses, aux)
     (_, (losses, aux)), (g_shared, g_own) = jax.value_and_grad(
@@ -166,26 +179,29 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       batches = sample(jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1))
     key = jax.random.fold_in(state.key, state.step)
     shared, own = split(state.params)
+    fz = frozen_part(state.params)
     if balancer.loss_only:
       def weights_of(losses):
         w, bstate, info = balancer.weights(losses, state.balancer_state, key)
         return w, (bstate, info)
-      losses, (bstate, info), g_shared, g_own = weighted_grads(shared, own, batches, weights_of)
+      losses, (bstate, info), g_shared, g_own = weighted_grads(shared, own, batches, weights_of,
+                                                               fz)
     elif represent is not None:
       # MGDA-UB: the balancer sees dL_t/dz_t, the gradients at each task's representation.
       def weights_of(losses):
         def one(o, b):
-          z = represent({**shared, **o}, b)
-          return jax.grad(lambda z: head_loss({**shared, **o}, z, b))(z)
+          z = represent({**fz, **shared, **o}, b)
+          return jax.grad(lambda z: head_loss({**fz, **shared, **o}, z, b))(z)
         z_grads = jax.vmap(one)(own, batches)
         _, bstate, info = balancer.update(losses, z_grads, state.balancer_state, key)
         return info["weights"], (bstate, info)
-      losses, (bstate, info), g_shared, g_own = weighted_grads(shared, own, batches, weights_of)
+      losses, (bstate, info), g_shared, g_own = weighted_grads(shared, own, batches, weights_of,
+                                                               fz)
     else:
       axis, b = task_batches(batches)
 
       def one(t, o, b):
-        return jax.value_and_grad(lambda s, o: task_loss(t, {**s, **o}, b),
+        return jax.value_and_grad(lambda s, o: task_loss(t, {**s, **o}, b, fz),
                                   argnums=(0, 1))(shared, o)
       losses, (task_g_shared, task_g_own) = jax.vmap(one, in_axes=(0, 0, axis))(
           jnp.arange(num_tasks), own, b)
@@ -194,8 +210,8 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       g_own = jax.tree.map(lambda g: g * w.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype),
                            task_g_own)
     grads = {**g_shared, **g_own}
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable(state.params))
+    params = {**fz, **optax.apply_updates(trainable(state.params), updates)}
     metrics = {"loss": jnp.mean(losses), "task_losses": losses, "weights": info["weights"],
                "grad_norm": optax.tree.norm(grads)}
     return MultiTaskState(state.step + 1, params, opt_state, bstate, state.key), metrics
