@@ -483,3 +483,15 @@ def test_frozen_roles_reach_the_loss_but_get_no_update_and_no_optimizer_state():
   state_size = sum(a.size for a in jax.tree.leaves(adam.init(params, key=KEY).opt_state))
   trained = params["shared"]["w"].size + params["head"]["v"].size
   assert state_size == 1 + 2 * trained  # Adam's count, mu and nu: nothing for the encoder
+
+
+def test_a_frozen_per_task_role_is_sliced_by_task_but_not_trained():
+  import optax
+  params, batches, loss_fn = mtl_problem()
+  trainer = mj.mtl.multitask_trainer(loss_fn, optax.sgd(1.0), mj.mtl.get("equal"), num_tasks=3,
+                                     frozen=("head",), donate=False)
+  new, _ = trainer.step(trainer.init(params, key=KEY), batches)
+  np.testing.assert_array_equal(new.params["head"]["v"], params["head"]["v"])
+  g_shared, _ = manual_grads(params, batches, loss_fn, np.ones(3))
+  np.testing.assert_allclose(params["shared"]["w"] - new.params["shared"]["w"], g_shared,
+                             rtol=1e-4, atol=1e-6)

@@ -79,7 +79,8 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       run(state, n) takes n steps in one jitted lax.scan.
     mixed: batches are (task_ids [n], batch) and loss_fn returns per-example losses.
     frozen: roles passed to loss_fn unchanged, with no gradient, no optimizer state and no
-      balancing (a pretrained encoder under per-task prompts and heads).
+      balancing (a pretrained encoder under per-task prompts and heads). A role both frozen
+      and per_task is sliced by task but not trained (a teacher's heads under a student).
     represent, head_loss: MGDA-UB's representation gradients (see the module docstring).
 
   >>> trainer = multitask_trainer(loss_fn, optax.adam(1e-3), mj.mtl.get("famo"),
@@ -90,9 +91,6 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
   if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
     raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
   per_task, frozen = tuple(per_task), tuple(frozen)
-  if set(per_task) & set(frozen):
-    raise ValueError(f"multitask_trainer: roles {sorted(set(per_task) & set(frozen))} are both "
-                     f"per_task and frozen")
   if (represent is None) != (head_loss is None):
     raise ValueError("multitask_trainer: representation gradients need both represent and "
                      "head_loss")
@@ -105,8 +103,8 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     shared = {r: v for r, v in params.items() if r not in per_task and r not in frozen}
     return shared, own
 
-  def frozen_part(params):
-    return {r: v for r, v in params.items() if r in frozen}
+  def frozen_part(params):  # the frozen roles without a task axis
+    return {r: v for r, v in params.items() if r in frozen and r not in per_task}
 
   def task_params(params, t):
     shared, own = split(params)
@@ -145,7 +143,9 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
 
   def task_loss(t, params, batches, fz):
     """Task t's loss; in the mixed layout, the mean of its examples' losses."""
-    params = {**fz, **params}
+    # Frozen per-task roles ride along with the task's slice; no gradient reaches them.
+    params = {r: (jax.lax.stop_gradient(v) if r in frozen else v)
+              for r, v in {**fz, **params}.items()}
     if not mixed:
       return loss_fn(params, batches)
     ids, batch = batches
@@ -209,9 +209,9 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       w = info["weights"]
       g_own = jax.tree.map(lambda g: g * w.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype),
                            task_g_own)
-    grads = {**g_shared, **g_own}
+    grads = {**g_shared, **{r: g for r, g in g_own.items() if r not in frozen}}
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable(state.params))
-    params = {**fz, **optax.apply_updates(trainable(state.params), updates)}
+    params = {**state.params, **optax.apply_updates(trainable(state.params), updates)}
     metrics = {"loss": jnp.mean(losses), "task_losses": losses, "weights": info["weights"],
                "grad_norm": optax.tree.norm(grads)}
     return MultiTaskState(state.step + 1, params, opt_state, bstate, state.key), metrics

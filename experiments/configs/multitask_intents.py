@@ -1,0 +1,85 @@
+"""Multi-task intent classification with prompts: CLINC150's domains as tasks on a frozen encoder.
+
+  python -m experiments.multitask_intents --workdir runs/mtl_intents/famo --config.method=famo
+  python -m experiments.multitask_intents --workdir runs/mtl_intents/single --config.method=single_task
+  bash benchmarks/multitask_intents.sh runs/mtl_intents       # every method, then the table
+
+Protocol: each of CLINC150's domains but the held-out ones (config.heldout_domains) is one
+task: classify its 15 intents. The frozen all-MiniLM-L6-v2 encoder (mean pooling, L2
+normalised) reads a prompt at config.entry_layer (the layers below it are computed once per
+utterance); each domain has a linear head over the 384-d embedding and a prompt composed of a
+shared part (role "prompt_shared") plus its own part (role "prompt", zero at the start).
+Training data: the first config.train_per_intent utterances of each intent in CLINC150's train
+split; validation: its val split (20 a intent); test: its test split (30 a intent). Adam at
+config.outer_lr on config.batch_size utterances per domain per step, config.num_steps steps.
+Reported per domain: test accuracy and macro-F1; Δm against config.method=single_task (every
+domain with its own prompt, shared part included, and head, trained side by side).
+
+After training, two more measurements on the same run (rows with "stage"):
+  - aggregation: the trained domains' full prompts (shared + own) merged by mean,
+    validation-accuracy-weighted mean, and the MPT decomposition's shared prompt; each is the
+    initial prompt of each held-out domain, whose head and prompt are then trained for
+    config.transfer_steps steps on config.transfer_per_intent utterances an intent, and tested;
+    against the shared part alone and a zero prompt.
+  - distillation: the multi-task model as teacher, a prompt-only student (one prompt for every
+    domain, the teacher's heads frozen), trained for config.distill_steps steps with
+    T = config.temperature and alpha = config.alpha, against the same student trained on the
+    hard labels alone (alpha = 0).
+"""
+
+import ml_collections
+
+from experiments.configs import common
+import mtpjax as mj
+
+METHODS = tuple(sorted(mj.mtl.METHODS)) + ("single_task",)
+META_FIELDS = ("meta_batch_size", "inner_steps", "inner_lr", "eval_tasks", "eval_inner_steps")
+CLINC_DOMAINS = ("auto_and_commute", "banking", "credit_cards", "home", "kitchen_and_dining",
+                 "meta", "small_talk", "travel", "utility", "work")
+
+
+def get_config(method: str = "equal") -> ml_collections.ConfigDict:
+  c = common.base_config()
+  for name in META_FIELDS:
+    del c[name]
+  c.method = method
+  c.algorithm = method
+  c.hyperparameters = ""            # the balancing method's, "name=value,..."
+  c.data = ""                       # "" = ../shared/data/clinc150.jsonl
+  c.encoder = ""                    # "" = ../shared/data/all-MiniLM-L6-v2
+  c.heldout_domains = ("banking", "credit_cards")
+  c.train_per_intent = 20
+  c.max_len = 16                    # tokens; CLINC150 utterances average 8 words
+  c.entry_layer = 5                 # the prompt enters the last of the 6 layers
+  c.prompt_length = 4
+  c.batch_size = 8                  # utterances per domain per step
+  c.num_steps = 300
+  c.outer_lr = 1e-2
+  c.eval_batch_size = 256
+  c.transfer_per_intent = 5
+  c.transfer_steps = 100
+  c.distill_steps = 300
+  c.temperature = 2.0
+  c.alpha = 0.5
+  c.log_every = 50
+  c.checkpoint_every = 300
+  c.steps_per_call = 50
+  return c
+
+
+def resolve(config):
+  if config.method not in METHODS:
+    raise ValueError(f"config.method must be one of {list(METHODS)}, got {config.method!r}")
+  for name in ("train_per_intent", "max_len", "prompt_length", "batch_size",
+               "transfer_per_intent", "eval_batch_size"):
+    if config[name] < 1:
+      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+  for name in ("transfer_steps", "distill_steps"):
+    if config[name] < 0:
+      raise ValueError(f"config.{name} must be >= 0 (0 skips that stage), got {config[name]}")
+  if not config.temperature > 0 or not 0 <= config.alpha <= 1:
+    raise ValueError(f"config.temperature must be > 0 and config.alpha in [0, 1], got "
+                     f"{config.temperature}, {config.alpha}")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.algorithm = config.method
+  return config

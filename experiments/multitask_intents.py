@@ -1,0 +1,244 @@
+"""Multi-task intent classification: CLINC150's domains as tasks, per-domain prompts and heads on
+a frozen encoder, any balancing method; then aggregation to held-out domains and distillation.
+
+  python -m experiments.multitask_intents --workdir runs/mtl_intents/famo --config.method=famo
+
+See experiments/configs/multitask_intents.py for the protocol and every field.
+"""
+
+import os
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import mtpjax as mj
+from experiments import common
+from experiments.configs import multitask as synthetic_config
+from experiments.configs import multitask_intents as config_lib
+from mtpjax.tasks import text as text_tasks
+from mtpjax.tasks.omniglot import default_data_dir
+
+S, H, P, PS = mj.SHARED, mj.HEAD, mj.PROMPT, mj.PROMPT_SHARED
+
+
+def load_sets(config) -> dict:
+  path = config.data or os.path.join(default_data_dir(), "clinc150.jsonl")
+  with warnings.catch_warnings():  # out-of-scope utterances are left out by design
+    warnings.filterwarnings("ignore", message="load_jsonl: left out")
+    return {s: text_tasks.load_jsonl(path, splits=(s,)) for s in ("train", "val", "test")}
+
+
+def domain_split(textset, domain, per_intent=None):
+  """(texts, labels) of one domain's intents (labels 0..14 in the set's class order), the
+  first `per_intent` utterances of each intent when given."""
+  sub = textset.subset(textset.classes_in([domain]))
+  keep = np.arange(len(sub.texts))
+  if per_intent is not None:
+    counts = np.bincount(sub.labels, minlength=len(sub.classes))
+    if counts.min() < per_intent:
+      raise ValueError(f"domain {domain!r}: an intent has only {counts.min()} utterances in this "
+                       f"split, fewer than {per_intent}")
+    seen = np.zeros(len(sub.classes), int)
+    keep = []
+    for i, y in enumerate(sub.labels):  # the file's first per_intent of each intent
+      if seen[y] < per_intent:
+        keep.append(i)
+      seen[y] += 1
+  return [sub.texts[i] for i in keep], np.asarray(sub.labels[keep], np.int32), len(sub.classes)
+
+
+class Featurizer:
+  """Token ids and the frozen lower layers' states of a list of texts: the model's input."""
+
+  def __init__(self, enc, config):
+    self.enc, self.config = enc, config
+
+  def __call__(self, texts):
+    ids = self.enc.tokenize(texts, self.config.max_len)[0]
+    lower = mj.pretrained.lower_states(self.enc, ids, self.config.entry_layer, progress=False)
+    return {"ids": ids, "lower": lower}
+
+
+def build(config, optimizer) -> common.Experiment:
+  encoder_path = config.encoder or os.path.join(default_data_dir(), "all-MiniLM-L6-v2")
+  enc = mj.pretrained.load(encoder_path)
+  depth, d = enc.config.num_hidden_layers, enc.config.hidden_size
+  if not 0 < config.entry_layer < depth:
+    raise ValueError(f"config.entry_layer must be in [1, {depth}) (the layers below are cached), "
+                     f"got {config.entry_layer}")
+  sets = load_sets(config)
+  domains = sorted(set(sets["train"].groups))
+  unknown = sorted(set(config.heldout_domains) - set(domains))
+  if unknown:
+    raise ValueError(f"config.heldout_domains: unknown domains {unknown}; the data has {domains}")
+  tasks = [x for x in domains if x not in config.heldout_domains]
+  T = len(tasks)
+  if T < 2:
+    raise ValueError(f"multi-task learning needs >= 2 domains, {tasks} remain after holding out "
+                     f"{list(config.heldout_domains)}")
+  featurize = Featurizer(enc, config)
+  print(f"computing the frozen layers' states for {T} domains", file=sys.stderr)
+  train, evals, num_classes = [], {"val": [], "test": []}, set()
+  for dom in tasks:
+    texts, labels, k = domain_split(sets["train"], dom, config.train_per_intent)
+    num_classes.add(k)
+    train.append((featurize(texts), labels))
+    for split in evals:
+      t_texts, t_labels, _ = domain_split(sets[split], dom)
+      evals[split].append((featurize(t_texts), t_labels))
+  if len(num_classes) != 1:
+    raise ValueError(f"every domain needs the same number of intents (one head shape), got "
+                     f"{sorted(num_classes)}")
+  ways = num_classes.pop()
+  # [T, N, ...]: every domain has ways * train_per_intent training utterances.
+  train_x = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *[x for x, _ in train])
+  train_y = jnp.asarray(np.stack([y for _, y in train]))
+  n_train = train_y.shape[1]
+  if config.batch_size > n_train:
+    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {n_train} training "
+                     f"utterances of a domain")
+
+  net = enc.net(entry_layer=config.entry_layer)
+  prompt = mj.prompts.composed(config.prompt_length, d, mode="add")
+  head = mj.linear_head(ways)
+  model = mj.compose(net, head, prompt)
+  key = jax.random.key(config.seed)
+  base = model.init(key, train_x["ids"][0, :2])
+  single = config.method == "single_task"
+  per_task = (H, P, PS) if single else (H, P)
+  k_head, k_ps = jax.random.split(jax.random.fold_in(key, 1))
+  params = {S: base[S], PS: base[PS],
+            P: jnp.zeros((T,) + base[P].shape, base[P].dtype),
+            H: jax.vmap(lambda k: head.init(k, jnp.zeros((2, d))))(jax.random.split(k_head, T))}
+  if single:  # every domain its own shared part too, drawn as the multi-task one is
+    params[PS] = jax.vmap(lambda k: prompt.init(k)[0])(jax.random.split(k_ps, T))
+
+  def loss_fn(p, batch):
+    x, y = batch
+    return mj.cross_entropy(model.apply(p, x), y)
+
+  def sample(key):
+    rows = jax.vmap(lambda k: jax.random.choice(k, n_train, (config.batch_size,), replace=False))(
+        jax.random.split(key, T))                                       # [T, b]
+    take = lambda a: jax.vmap(lambda at, r: at[r])(a, rows)
+    return jax.tree.map(take, train_x), take(train_y)
+
+  balancer = mj.mtl.get("equal" if single else config.method,
+                        **synthetic_config.parse_hyperparameters(config.hyperparameters))
+  trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
+                                     per_task=per_task, frozen=(S,), sample=sample)
+  predict = jax.jit(model.apply)
+
+  def scores(p, x, y):
+    preds = []
+    for i in range(0, len(y), config.eval_batch_size):
+      chunk = jax.tree.map(lambda a: jnp.asarray(a[i:i + config.eval_batch_size]), x)
+      preds.append(np.asarray(jnp.argmax(predict(p, chunk), -1)))
+    cm = mj.mtl.confusion_matrix(jnp.asarray(np.concatenate(preds)), jnp.asarray(y), ways)
+    return mj.mtl.classification_metrics(cm)
+
+  def evaluate(params):
+    rows = []
+    val_acc = []
+    for t, dom in enumerate(tasks):
+      tp = trainer.task_params(params, t)
+      for split in ("val", "test"):
+        m = scores(tp, *evals[split][t])
+        if split == "val":
+          val_acc.append(m["accuracy"])
+        rows.append({"stage": "multitask", "method": config.method, "seed": config.seed,
+                     "split": split, "domain": dom, "accuracy": m["accuracy"], "f1": m["f1"]})
+    if config.heldout_domains and config.transfer_steps:
+      rows += aggregation_rows(params, np.asarray(val_acc))
+    if config.distill_steps:
+      rows += distillation_rows(params)
+    return rows, None
+
+  def full_prompts(params):  # [T, L, d]: each domain's prompt, shared part + own part
+    ps = params[PS] if single else params[PS][None]
+    return ps + params[P]
+
+  def aggregation_rows(params, val_acc):
+    prompts = full_prompts(params)
+    inits = {"mean": mj.mtl.aggregate_mean(prompts),
+             "weighted_mean": mj.mtl.weighted_mean(prompts, val_acc),
+             "mpt": mj.mtl.mpt_decompose(prompts, rank=1).shared,
+             "shared_part": jnp.mean(params[PS], 0) if single else params[PS],
+             "zero": jnp.zeros_like(prompts[0])}
+    rows = []
+    for dom in config.heldout_domains:
+      texts, labels, k = domain_split(sets["train"], dom, config.transfer_per_intent)
+      if k != ways:
+        raise ValueError(f"held-out domain {dom!r} has {k} intents, the heads {ways}")
+      x = jax.tree.map(lambda a: jnp.asarray(a)[None], featurize(texts))
+      y = jnp.asarray(labels)[None]
+      test = domain_split(sets["test"], dom)
+      test_x = featurize(test[0])
+      b = min(config.batch_size, len(labels))
+
+      def sample_h(key):
+        r = jax.random.choice(key, len(labels), (b,), replace=False)
+        return jax.tree.map(lambda a: a[:, r], x), y[:, r]
+
+      one = mj.mtl.multitask_trainer(loss_fn, optax.adam(config.outer_lr), mj.mtl.get("equal"),
+                                     num_tasks=1, per_task=(H, P), frozen=(S,), sample=sample_h)
+      head0 = jax.tree.map(lambda a: a[:1], params[H])  # the same fresh head for every init
+      head0 = jax.tree.map(jnp.zeros_like, head0)
+      for name, init in inits.items():
+        p0 = {S: params[S], PS: init, P: jnp.zeros((1,) + init.shape), H: head0}
+        state = one.init(p0, key=jax.random.fold_in(key, 7))
+        state, _ = one.run(state, config.transfer_steps)
+        m = scores(one.task_params(state.params, 0), test_x, test[1])
+        rows.append({"stage": "aggregation", "method": config.method, "seed": config.seed,
+                     "split": "test", "domain": dom, "init": name,
+                     "accuracy": m["accuracy"], "f1": m["f1"]})
+        print(f"aggregation: {dom} from {name}: accuracy {m['accuracy']:.3f}", file=sys.stderr)
+    return rows
+
+  def distillation_rows(params):
+    teacher_logits = jax.jit(jax.vmap(lambda t, xt: model.apply(trainer.task_params(params, t),
+                                                                xt)))
+    logits = teacher_logits(jnp.arange(T), train_x)                  # [T, N, ways]
+    rows = []
+    for name, alpha in (("distilled", config.alpha), ("hard_labels", 0.0)):
+      def student_loss(p, batch, alpha=alpha):
+        x, y, t_logits = batch
+        return mj.mtl.distillation_loss(model.apply(p, x), t_logits, y,
+                                        temperature=config.temperature, alpha=alpha)
+
+      def sample_s(key):
+        rows_ = jax.vmap(lambda k: jax.random.choice(k, n_train, (config.batch_size,),
+                                                     replace=False))(jax.random.split(key, T))
+        take = lambda a: jax.vmap(lambda at, r: at[r])(a, rows_)
+        return jax.tree.map(take, train_x), take(train_y), take(logits)
+
+      # The student: one prompt for every domain (the teacher's mean prompt to start; its
+      # per-domain part frozen at zero) under the teacher's frozen heads: only the prompt learns.
+      student = mj.mtl.multitask_trainer(student_loss, optax.adam(config.outer_lr),
+                                         mj.mtl.get("equal"), num_tasks=T, per_task=(H, P),
+                                         frozen=(S, H, P), sample=sample_s)
+      p0 = {S: params[S], PS: jnp.mean(full_prompts(params), 0),
+            P: jnp.zeros_like(params[P]), H: params[H]}
+      state = student.init(p0, key=jax.random.fold_in(key, 11))
+      state, _ = student.run(state, config.distill_steps)
+      for t, dom in enumerate(tasks):
+        m = scores(student.task_params(state.params, t), *evals["test"][t])
+        rows.append({"stage": "distillation", "method": config.method, "seed": config.seed,
+                     "split": "test", "domain": dom, "student": name,
+                     "accuracy": m["accuracy"], "f1": m["f1"]})
+    return rows
+
+  count = lambda tree: int(sum(a.size for a in jax.tree.leaves(tree)))
+  facts = {"domains": tasks, "heldout_domains": list(config.heldout_domains),
+           "trained_parameters": count({r: v for r, v in params.items() if r != S}),
+           "train_utterances_per_domain": int(n_train)}
+  return common.Experiment("multitask_intents", trainer, params, evaluate, None, facts=facts)
+
+
+if __name__ == "__main__":
+  common.main(config_lib.get_config(), config_lib.resolve, build,
+              algorithms=config_lib.METHODS, meta=False)
