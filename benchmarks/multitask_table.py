@@ -7,7 +7,8 @@ Reads RUNS/*/results.json written by experiments.multitask. Δm is computed per 
 that seed's single_task run of the same architecture and correlation, then averaged; both
 conventions are printed: LibMTL's (positive = better) and the mean-over-metrics one of
 Nash-MTL / CAGrad / FAMO (lower = better; with one metric per task it is minus LibMTL's).
-Saves RUNS/delta_m.png (Δm against correlation, one line per method, a panel per arch).
+Saves RUNS/delta_m.png (Δm against correlation, one line per method, a panel per arch) and
+RUNS/task_mse.png (every method's per-task test MSE, a panel per arch and correlation).
 """
 
 import argparse
@@ -119,6 +120,33 @@ def plot(summary: dict, path: str) -> None:
   plt.close(fig)
 
 
+def plot_tasks(summary: dict, path: str) -> None:
+  """Per-task test MSE of every method: a panel per (arch, correlation), two bars a method."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  archs = sorted({k[0] for k in summary})
+  corrs = sorted({k[1] for k in summary})
+  methods = sorted({k[2] for k in summary}, key=lambda m: (m != "single_task", m))
+  fig, axes = plt.subplots(len(archs), len(corrs), figsize=(4.2 * len(corrs), 3.6 * len(archs)),
+                           squeeze=False, sharey=True)
+  x = np.arange(len(methods))
+  for i, arch in enumerate(archs):
+    for j, corr in enumerate(corrs):
+      ax = axes[i][j]
+      for t, off in ((0, -0.2), (1, 0.2)):
+        vals = [summary.get((arch, corr, m), {"mse": [(np.nan, 0)] * 2})["mse"][t] for m in methods]
+        ax.bar(x + off, [v[0] for v in vals], 0.4, yerr=np.nan_to_num([v[1] for v in vals]),
+               label=f"task {t}")
+      ax.set_xticks(x, methods, rotation=90, fontsize=7)
+      ax.set_title(f"{arch}, p = {corr:g}", fontsize=9)
+  axes[0][0].set_ylabel("test MSE")
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("runs")
@@ -136,7 +164,9 @@ def main():
       f.write(text + "\n")
   path = os.path.join(args.runs, "delta_m.png")
   plot(summary, path)
-  print(f"wrote {path}")
+  tasks_path = os.path.join(args.runs, "task_mse.png")
+  plot_tasks(summary, tasks_path)
+  print(f"wrote {path}, {tasks_path}")
 
 
 if __name__ == "__main__":

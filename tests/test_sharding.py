@@ -71,3 +71,32 @@ def test_evaluate_takes_the_replicated_parameters_of_a_sharded_learner():
   a = mj.evaluate(four, state.params, family.sample, key=jax.random.key(2), num_tasks=8)
   b = mj.evaluate(one, params, family.sample, key=jax.random.key(2), num_tasks=8)
   np.testing.assert_allclose(a.per_task["loss"], b.per_task["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["equal", "mgda"])
+def test_the_sharded_multitask_step_equals_the_single_device_step(method):
+  """Four tasks' batches split over 4 forced devices: the same step as on one device."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 16, 3)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(4, 16)), jnp.float32)
+  params = {"shared": {"w": jnp.asarray(rng.normal(size=(3, 8)), jnp.float32)},
+            "head": {"v": jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)}}
+
+  def loss_fn(p, batch):
+    bx, by = batch
+    return jnp.mean((jnp.tanh(bx @ p["shared"]["w"]) @ p["head"]["v"] - by) ** 2)
+
+  out = []
+  for mesh in (None, mj.task_mesh()):
+    trainer = mj.mtl.multitask_trainer(loss_fn, optax.adam(1e-2), mj.mtl.get(method),
+                                       num_tasks=4, mesh=mesh)
+    state = trainer.init(params, key=jax.random.key(1))
+    for _ in range(3):
+      state, metrics = trainer.step(state, (x, y))
+    out.append((state.params, metrics["task_losses"]))
+  np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+               out[1][0], out[0][0])
+  with pytest.raises(ValueError, match="num_tasks=3 does not divide"):
+    mj.mtl.multitask_trainer(loss_fn, optax.adam(1e-2), mj.mtl.get(method), num_tasks=3,
+                             mesh=mj.task_mesh())

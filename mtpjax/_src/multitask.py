@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from mtpjax._src import mtl as mtl_lib
+from mtpjax._src import sharding as sharding_lib
 from mtpjax._src import types
 
 
@@ -63,6 +64,7 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
                       frozen: Sequence[str] = (),
                       represent: Optional[Callable[..., Any]] = None,
                       head_loss: Optional[Callable[..., jax.Array]] = None,
+                      mesh: Optional[jax.sharding.Mesh] = None,
                       donate: bool = True) -> MultiTaskTrainer:
   """Builds the multi-task step.
 
@@ -82,6 +84,9 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       balancing (a pretrained encoder under per-task prompts and heads). A role both frozen
       and per_task is sliced by task but not trained (a teacher's heads under a student).
     represent, head_loss: MGDA-UB's representation gradients (see the module docstring).
+    mesh: a device mesh with a "tasks" axis (mj.task_mesh()): the tasks' batches are split
+      over it (num_tasks must divide over its devices), the parameters replicated; the step
+      is the same computation, partitioned by XLA.
 
   >>> trainer = multitask_trainer(loss_fn, optax.adam(1e-3), mj.mtl.get("famo"),
   ...                             num_tasks=3)                         # doctest: +SKIP
@@ -91,6 +96,11 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
   if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
     raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
   per_task, frozen = tuple(per_task), tuple(frozen)
+  if mesh is not None:
+    if mixed:
+      raise ValueError("multitask_trainer: a mesh splits one batch per task over devices; "
+                       "mixed batches have no task axis to split")
+    sharding_lib.check_mesh(mesh, num_tasks, "num_tasks")
   if (represent is None) != (head_loss is None):
     raise ValueError("multitask_trainer: representation gradients need both represent and "
                      "head_loss")
@@ -137,9 +147,10 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     params = jax.tree.map(jnp.copy, dict(params))
     # Copies throughout: the step donates the state, so no buffer may appear in it twice (a
     # balancer may put one array in two fields) nor belong to the caller (params, key).
-    return MultiTaskState(jnp.zeros((), jnp.int32), params, optimizer.init(trainable(params)),
-                          jax.tree.map(jnp.copy, balancer.init(num_tasks)),
-                          jax.random.clone(key))
+    state = MultiTaskState(jnp.zeros((), jnp.int32), params, optimizer.init(trainable(params)),
+                           jax.tree.map(jnp.copy, balancer.init(num_tasks)),
+                           jax.random.clone(key))
+    return state if mesh is None else sharding_lib.replicate(state, mesh)
 
   def task_loss(t, params, batches, fz):
     """Task t's loss; in the mixed layout, the mean of its examples' losses."""
@@ -177,6 +188,8 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
         raise ValueError("multitask: step(state) needs `sample` at construction; else call "
                          "step(state, batches)")
       batches = sample(jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1))
+    if mesh is not None:  # each device computes its tasks' losses and gradients
+      batches = sharding_lib.split_tasks(batches, mesh)
     key = jax.random.fold_in(state.key, state.step)
     shared, own = split(state.params)
     fz = frozen_part(state.params)

@@ -29,7 +29,8 @@ def task_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Me
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def check_mesh(mesh: jax.sharding.Mesh, meta_batch_size: int) -> int:
+def check_mesh(mesh: jax.sharding.Mesh, meta_batch_size: int,
+               what: str = "meta_batch_size") -> int:
   """The number of task shards; a clear error for a mesh without a "tasks" axis or a meta-batch
   that does not divide over it."""
   if TASK_AXIS not in mesh.axis_names:
@@ -37,7 +38,7 @@ def check_mesh(mesh: jax.sharding.Mesh, meta_batch_size: int) -> int:
                      f"{mesh.axis_names}; build it with mj.task_mesh()")
   n = mesh.shape[TASK_AXIS]
   if meta_batch_size % n:
-    raise ValueError(f"meta_batch_size={meta_batch_size} does not divide over the {n} devices of "
+    raise ValueError(f"{what}={meta_batch_size} does not divide over the {n} devices of "
                      f"the mesh's {TASK_AXIS!r} axis; use a multiple of {n} (e.g. "
                      f"{(meta_batch_size // n + 1) * n})")
   return n
