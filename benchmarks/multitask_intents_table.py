@@ -1,8 +1,10 @@
-"""The CLINC150 multi-task table: per-domain test accuracy and macro-F1 of every method, Δm
-against the single-task prompts (both conventions, accuracy and F1 as each domain's two
-metrics), and the aggregation and distillation stages.
+"""The multi-task classification tables (CLINC150's domains, Omniglot's alphabets): per-task
+test accuracy and macro-F1 of every method, Δm against the single-task models (both
+conventions, accuracy and F1 as each task's two metrics), and, for CLINC150, the aggregation
+and distillation stages.
 
   python -m benchmarks.multitask_intents_table RUNS [--markdown FILE]
+      [--benchmark multitask_intents|multitask_omniglot]
 """
 
 import argparse
@@ -18,12 +20,12 @@ import mtpjax as mj
 HIGHER = {"accuracy": True, "f1": True}
 
 
-def load(runs: str) -> list:
+def load(runs: str, benchmark: str = "multitask_intents") -> list:
   rows = []
   for path in sorted(glob.glob(os.path.join(runs, "*", "results.json"))):
     with open(path) as f:
       res = json.load(f)
-    if res.get("benchmark") == "multitask_intents":
+    if res.get("benchmark") == benchmark:
       rows += [{**r, "steps_per_sec": res.get("meta_steps_per_sec")} for r in res["rows"]]
   return rows
 
@@ -99,10 +101,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("runs")
   parser.add_argument("--markdown", default=None)
+  parser.add_argument("--benchmark", default="multitask_intents",
+                      choices=("multitask_intents", "multitask_omniglot"))
   args = parser.parse_args()
-  rows = load(args.runs)
+  rows = load(args.runs, args.benchmark)
   if not rows:
-    raise SystemExit(f"no multitask_intents results.json under {args.runs}")
+    raise SystemExit(f"no {args.benchmark} results.json under {args.runs}")
   text = markdown(rows)
   print(text)
   if args.markdown:

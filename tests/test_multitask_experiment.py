@@ -70,3 +70,30 @@ def test_multitask_config_errors_are_clear():
     tiny("cagrad", hyperparameters="c0.4")
   assert config_lib.parse_hyperparameters("c=0.4, normalization=l2") == {
       "c": 0.4, "normalization": "l2"}
+
+
+def test_omniglot_alphabets_of_different_sizes_as_tasks_run_end_to_end(tmp_path):
+  from benchmarks import multitask_intents_table
+  from experiments import multitask_omniglot
+  from experiments.configs import multitask_omniglot as omni_config
+  from tests.test_omniglot import tiny_npz
+  # Two background alphabets of 3 and 2 characters: the second's head has a masked output.
+  tiny_npz(tmp_path / "o.npz", n_bg=5, background_alphabet=np.array(["A"] * 3 + ["B"] * 2))
+  results = {}
+  for m in ("mgda", "single_task"):
+    c = omni_config.get_config(m)
+    c.update(dict(data=str(tmp_path / "o.npz"), num_alphabets=2, filters=32, prompt_dim=2,
+                  batch_size=4, num_steps=4, log_every=2, checkpoint_every=4, steps_per_call=2,
+                  progress=False))
+    config = omni_config.resolve(c)
+    common.check_config(config, omni_config.METHODS, meta=False)
+    exp = multitask_omniglot.build(config, common.make_optimizer(config))
+    results[m] = common.train_and_evaluate(config, str(tmp_path / f"{m}_s0"), exp)
+  rows = results["mgda"]["rows"]
+  assert {(r["split"], r["domain"]) for r in rows} == {(s, a) for s in ("val", "test")
+                                                      for a in ("A", "B")}
+  assert results["mgda"]["characters"] == [3, 2]
+  assert all(0 <= r["accuracy"] <= 1 for r in rows)
+  table = multitask_intents_table.markdown(
+      multitask_intents_table.load(str(tmp_path), "multitask_omniglot"))
+  assert "| mgda |" in table
