@@ -30,7 +30,6 @@ def run(workdir, method, **overrides):
 
 
 @pytest.mark.parametrize("method,arch,prompt_dim", [("famo", "mmoe", 3),
-                                                    ("single_task", "shared_bottom", 0),
                                                     ("pcgrad", "shared_bottom", 2)])
 def test_multitask_experiment_runs_and_reports_per_task_mse(tmp_path, method, arch, prompt_dim):
   res = run(tmp_path, method, arch=arch, prompt_dim=prompt_dim)
