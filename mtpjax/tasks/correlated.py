@@ -55,24 +55,29 @@ def labels(x: types.Array, w: types.Array, key: types.PRNGKey, noise: float = 0.
 
 
 def make(key: types.PRNGKey, *, correlation: float, num_examples: int, dim: int = 100,
-         scale: float = 1.0, noise: float = 0.01, weights_key=None) -> Correlated:
+         scale: float = 1.0, noise: float = 0.01, weights_key=None, alphas=ALPHAS,
+         betas=BETAS) -> Correlated:
   """A data set of `num_examples` inputs with both tasks' labels.
 
   The task weights come from `weights_key` (default: `key`), so train, validation and test
-  sets of one problem share weights: pass the same weights_key and different keys.
+  sets of one problem share weights: pass the same weights_key and different keys. alphas and
+  betas (m values each) shape the sines; smaller alphas give smoother tasks.
   """
   if num_examples < 1:
     raise ValueError(f"num_examples must be >= 1, got {num_examples}")
   if not -1.0 <= correlation <= 1.0:
     raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
+  if len(alphas) != len(betas):
+    raise ValueError(f"alphas and betas need the same length (m), got {len(alphas)} and "
+                     f"{len(betas)}")
   return _make(key, key if weights_key is None else weights_key, correlation, num_examples,
-               dim, scale, noise)
+               dim, scale, noise, tuple(map(float, alphas)), tuple(map(float, betas)))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _make(key, weights_key, correlation, num_examples, dim, scale, noise):
+@functools.partial(jax.jit, static_argnums=(3, 4, 7, 8))
+def _make(key, weights_key, correlation, num_examples, dim, scale, noise, alphas, betas):
   # One compiled program: op by op, the ten sines over [tasks, n] compile one by one.
   _, k_x, k_eps = jax.random.split(key, 3)
   w = task_weights(weights_key, correlation, dim, scale)
   x = jax.random.normal(k_x, (num_examples, dim))
-  return Correlated(x, labels(x, w, k_eps, noise), w)
+  return Correlated(x, labels(x, w, k_eps, noise, alphas, betas), w)
