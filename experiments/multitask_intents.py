@@ -17,7 +17,7 @@ import optax
 
 import mtpjax as mj
 from experiments import common
-from experiments.configs import multitask as synthetic_config
+from experiments.configs import common as config_common
 from experiments.configs import multitask_intents as config_lib
 from mtpjax.tasks import text as text_tasks
 from mtpjax.tasks.omniglot import default_data_dir
@@ -128,7 +128,7 @@ def build(config, optimizer) -> common.Experiment:
     return jax.tree.map(take, train_x), take(train_y)
 
   balancer = mj.mtl.get("equal" if single else config.method,
-                        **synthetic_config.parse_hyperparameters(config.hyperparameters))
+                        **config_common.parse_hyperparameters(config.hyperparameters))
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
                                      per_task=per_task, frozen=(S,), sample=sample)
   predict = jax.jit(model.apply)

@@ -12,7 +12,7 @@ import numpy as np
 
 import mtpjax as mj
 from experiments import common
-from experiments.configs import multitask as synthetic_config
+from experiments.configs import common as config_common
 from experiments.configs import multitask_omniglot as config_lib
 from mtpjax.tasks import omniglot
 
@@ -85,7 +85,7 @@ def build(config, optimizer) -> common.Experiment:
     return take(train_x), take(train_y), jnp.broadcast_to(mask[:, None], (T, config.batch_size, ways))
 
   balancer = mj.mtl.get("equal" if single else config.method,
-                        **synthetic_config.parse_hyperparameters(config.hyperparameters))
+                        **config_common.parse_hyperparameters(config.hyperparameters))
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
                                      per_task=per_task, sample=sample)
   predict = jax.jit(lambda p, x, m: jnp.argmax(logits_of(p, x, m), -1))

@@ -46,3 +46,53 @@ def fill(config: ml_collections.ConfigDict, defaults: dict) -> ml_collections.Co
     if config.get(name) is None:
       config[name] = value
   return config
+
+
+# --- Multi-task experiments (no inner loop): experiments.multitask, multitask_omniglot,
+# multitask_intents share these fields and checks.
+
+META_FIELDS = ("meta_batch_size", "inner_steps", "inner_lr", "eval_tasks", "eval_inner_steps")
+
+
+def multitask_methods() -> tuple:
+  import mtpjax as mj
+  return tuple(sorted(mj.mtl.METHODS)) + ("single_task",)
+
+
+def multitask_config(method: str) -> ml_collections.ConfigDict:
+  """base_config() without the meta-learning fields, plus the balancing method."""
+  c = base_config()
+  for name in META_FIELDS:  # no inner loop here
+    del c[name]
+  c.method = method             # a balancing method (mtpjax.mtl.METHODS) or single_task
+  c.algorithm = method          # results.json's "algorithm"; set from method by resolve
+  c.hyperparameters = ""        # the balancing method's, "name=value,..."
+  return c
+
+
+def parse_hyperparameters(text: str) -> dict:
+  """"c=0.4,weights=1:2" -> {"c": 0.4, "weights": [1, 2]}; non-numbers stay strings."""
+  out = {}
+  for item in filter(None, (s.strip() for s in text.split(","))):
+    if "=" not in item:
+      raise ValueError(f"config.hyperparameters: expected name=value, got {item!r}")
+    name, value = (s.strip() for s in item.split("=", 1))
+    parts = value.split(":")
+    try:
+      nums = [float(v) if any(ch in v for ch in ".e") else int(v) for v in parts]
+    except ValueError:
+      out[name] = value  # a string option, e.g. mgda's normalization
+      continue
+    out[name] = nums if len(nums) > 1 else nums[0]
+  return out
+
+
+def resolve_multitask(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The method check every multi-task config shares; a copy with algorithm = method."""
+  methods = multitask_methods()
+  if config.method not in methods:
+    raise ValueError(f"config.method must be one of {list(methods)}, got {config.method!r}")
+  parse_hyperparameters(config.hyperparameters)  # errors now, not after loading data
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.algorithm = config.method
+  return config

@@ -25,20 +25,14 @@ as config.hyperparameters="name=value,name=value" (e.g. "c=0.4" for cagrad).
 import ml_collections
 
 from experiments.configs import common
-import mtpjax as mj
 
-METHODS = tuple(sorted(mj.mtl.METHODS)) + ("single_task",)
+METHODS = common.multitask_methods()
 ARCHS = ("shared_bottom", "mmoe")
-META_FIELDS = ("meta_batch_size", "inner_steps", "inner_lr", "eval_tasks", "eval_inner_steps")
+parse_hyperparameters = common.parse_hyperparameters
 
 
 def get_config(method: str = "equal") -> ml_collections.ConfigDict:
-  c = common.base_config()
-  for name in META_FIELDS:  # no inner loop here
-    del c[name]
-  c.method = method
-  c.algorithm = method          # results.json's "algorithm"; set from method by resolve()
-  c.hyperparameters = ""        # the balancing method's, "name=value,..."
+  c = common.multitask_config(method)
   c.arch = "mmoe"
   c.correlation = 0.5
   c.dim = 100
@@ -61,26 +55,8 @@ def get_config(method: str = "equal") -> ml_collections.ConfigDict:
   return c
 
 
-def parse_hyperparameters(text: str) -> dict:
-  """"c=0.4,weights=1:2" -> {"c": 0.4, "weights": [1.0, 2.0]}."""
-  out = {}
-  for item in filter(None, (s.strip() for s in text.split(","))):
-    if "=" not in item:
-      raise ValueError(f"config.hyperparameters: expected name=value, got {item!r}")
-    name, value = (s.strip() for s in item.split("=", 1))
-    parts = value.split(":")
-    try:
-      nums = [float(v) if any(ch in v for ch in ".e") else int(v) for v in parts]
-    except ValueError:
-      out[name] = value  # a string option, e.g. mgda's normalization
-      continue
-    out[name] = nums if len(nums) > 1 else nums[0]
-  return out
-
-
 def resolve(config):
-  if config.method not in METHODS:
-    raise ValueError(f"config.method must be one of {list(METHODS)}, got {config.method!r}")
+  config = common.resolve_multitask(config)
   if config.arch not in ARCHS:
     raise ValueError(f"config.arch must be one of {list(ARCHS)}, got {config.arch!r}")
   if not -1.0 <= config.correlation <= 1.0:
@@ -91,7 +67,4 @@ def resolve(config):
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if config.prompt_dim < 0:
     raise ValueError(f"config.prompt_dim must be >= 0, got {config.prompt_dim}")
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.algorithm = config.method
-  parse_hyperparameters(config.hyperparameters)  # errors now, not after loading data
   return config

@@ -30,21 +30,14 @@ After training, two more measurements on the same run (rows with "stage"):
 import ml_collections
 
 from experiments.configs import common
-import mtpjax as mj
 
-METHODS = tuple(sorted(mj.mtl.METHODS)) + ("single_task",)
-META_FIELDS = ("meta_batch_size", "inner_steps", "inner_lr", "eval_tasks", "eval_inner_steps")
+METHODS = common.multitask_methods()
 CLINC_DOMAINS = ("auto_and_commute", "banking", "credit_cards", "home", "kitchen_and_dining",
                  "meta", "small_talk", "travel", "utility", "work")
 
 
 def get_config(method: str = "equal") -> ml_collections.ConfigDict:
-  c = common.base_config()
-  for name in META_FIELDS:
-    del c[name]
-  c.method = method
-  c.algorithm = method
-  c.hyperparameters = ""            # the balancing method's, "name=value,..."
+  c = common.multitask_config(method)
   c.data = ""                       # "" = ../shared/data/clinc150.jsonl
   c.encoder = ""                    # "" = ../shared/data/all-MiniLM-L6-v2
   c.heldout_domains = ("banking", "credit_cards")
@@ -68,8 +61,7 @@ def get_config(method: str = "equal") -> ml_collections.ConfigDict:
 
 
 def resolve(config):
-  if config.method not in METHODS:
-    raise ValueError(f"config.method must be one of {list(METHODS)}, got {config.method!r}")
+  config = common.resolve_multitask(config)
   for name in ("train_per_intent", "max_len", "prompt_length", "batch_size",
                "transfer_per_intent", "eval_batch_size"):
     if config[name] < 1:
@@ -80,6 +72,4 @@ def resolve(config):
   if not config.temperature > 0 or not 0 <= config.alpha <= 1:
     raise ValueError(f"config.temperature must be > 0 and config.alpha in [0, 1], got "
                      f"{config.temperature}, {config.alpha}")
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.algorithm = config.method
   return config

@@ -18,20 +18,13 @@ against config.method=single_task (one Conv4, head and prompt per alphabet, side
 import ml_collections
 
 from experiments.configs import common
-import mtpjax as mj
 
-METHODS = tuple(sorted(mj.mtl.METHODS)) + ("single_task",)
-META_FIELDS = ("meta_batch_size", "inner_steps", "inner_lr", "eval_tasks", "eval_inner_steps")
+METHODS = common.multitask_methods()
 SPLIT = {"train": (0, 12), "val": (12, 16), "test": (16, 20)}  # drawing indices per character
 
 
 def get_config(method: str = "equal") -> ml_collections.ConfigDict:
-  c = common.base_config()
-  for name in META_FIELDS:
-    del c[name]
-  c.method = method
-  c.algorithm = method
-  c.hyperparameters = ""
+  c = common.multitask_config(method)
   c.data = ""                       # "" = ../shared/data/omniglot28.npz
   c.num_alphabets = 10
   c.alphabets = ()                  # names; overrides num_alphabets when given
@@ -47,13 +40,10 @@ def get_config(method: str = "equal") -> ml_collections.ConfigDict:
 
 
 def resolve(config):
-  if config.method not in METHODS:
-    raise ValueError(f"config.method must be one of {list(METHODS)}, got {config.method!r}")
+  config = common.resolve_multitask(config)
   for name in ("num_alphabets", "filters", "batch_size"):
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if config.prompt_dim < 0:
     raise ValueError(f"config.prompt_dim must be >= 0, got {config.prompt_dim}")
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.algorithm = config.method
   return config

@@ -114,11 +114,7 @@ def mmoe(num_experts: int, expert_features: Sequence[int], tower_features: Seque
             "tower": head_tower.init(k_tower, jnp.zeros((x.shape[0], expert.out_dim)))}
     params = {types.SHARED: experts, types.HEAD: head}
     if prompt is not None:
-      shared_part, task_part = prompt.init(k_prompt)
-      if task_part is not None:
-        params[types.PROMPT] = task_part
-      if shared_part is not None:
-        params[types.PROMPT_SHARED] = shared_part
+      params.update(nets.prompt_roles(prompt, k_prompt))
     return params
 
   def gates(params, x):

@@ -388,6 +388,18 @@ def linear_head(out_dim: int, *, kernel_init: str = "lecun") -> Net:
 
 context_prompt = prompts.context  # a context vector (CAVIA) as a prompt
 
+def prompt_roles(prompt, key) -> dict:
+  """A prompt kind's initial parameters under their roles: {"prompt": task part,
+  "prompt_shared": shared part}, each only when the kind has it."""
+  shared_part, task_part = prompt.init(key)
+  params = {}
+  if task_part is not None:
+    params[types.PROMPT] = task_part
+  if shared_part is not None:
+    params[types.PROMPT_SHARED] = shared_part
+  return params
+
+
 class Model(NamedTuple):
   """A model over a role-keyed params dict: {"shared", "head", optionally "prompt"}.
 
@@ -420,11 +432,7 @@ def compose(backbone: Net, head: Optional[Net] = None, prompt=None) -> Model:
     if head is not None:
       params[types.HEAD] = head.init(k_head, jnp.zeros((n, backbone.out_dim)))
     if prompt is not None:
-      shared_part, task_part = prompt.init(k_prompt)
-      if task_part is not None:
-        params[types.PROMPT] = task_part
-      if shared_part is not None:
-        params[types.PROMPT_SHARED] = shared_part
+      params.update(prompt_roles(prompt, k_prompt))
     return params
 
   # Compiled inits instead of Flax running the forward pass eagerly, op by op (~10x faster for
