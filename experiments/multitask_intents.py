@@ -121,11 +121,14 @@ def build(config, optimizer) -> common.Experiment:
     x, y = batch
     return mj.cross_entropy(model.apply(p, x), y)
 
-  def sample(key):
+  def draw(key, tree):
+    """config.batch_size distinct training utterances per domain from every [T, N, ...] leaf."""
     rows = jax.vmap(lambda k: jax.random.choice(k, n_train, (config.batch_size,), replace=False))(
         jax.random.split(key, T))                                       # [T, b]
-    take = lambda a: jax.vmap(lambda at, r: at[r])(a, rows)
-    return jax.tree.map(take, train_x), take(train_y)
+    return jax.tree.map(lambda a: jax.vmap(lambda at, r: at[r])(a, rows), tree)
+
+  def sample(key):
+    return draw(key, (train_x, train_y))
 
   balancer = mj.mtl.get("equal" if single else config.method,
                         **config_common.parse_hyperparameters(config.hyperparameters))
@@ -186,8 +189,7 @@ def build(config, optimizer) -> common.Experiment:
 
       one = mj.mtl.multitask_trainer(loss_fn, optax.adam(config.outer_lr), mj.mtl.get("equal"),
                                      num_tasks=1, per_task=(H, P), frozen=(S,), sample=sample_h)
-      head0 = jax.tree.map(lambda a: a[:1], params[H])  # the same fresh head for every init
-      head0 = jax.tree.map(jnp.zeros_like, head0)
+      head0 = jax.tree.map(lambda a: jnp.zeros_like(a[:1]), params[H])  # zero, for every init
       for name, init in inits.items():
         p0 = {S: params[S], PS: init, P: jnp.zeros((1,) + init.shape), H: head0}
         state = one.init(p0, key=jax.random.fold_in(key, 7))
@@ -211,10 +213,7 @@ def build(config, optimizer) -> common.Experiment:
                                         temperature=config.temperature, alpha=alpha)
 
       def sample_s(key):
-        rows_ = jax.vmap(lambda k: jax.random.choice(k, n_train, (config.batch_size,),
-                                                     replace=False))(jax.random.split(key, T))
-        take = lambda a: jax.vmap(lambda at, r: at[r])(a, rows_)
-        return jax.tree.map(take, train_x), take(train_y), take(logits)
+        return draw(key, (train_x, train_y, logits))
 
       # The student: one prompt for every domain (the teacher's mean prompt to start; its
       # per-domain part frozen at zero) under the teacher's frozen heads: only the prompt learns.

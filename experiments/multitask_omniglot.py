@@ -82,7 +82,8 @@ def build(config, optimizer) -> common.Experiment:
     u = jax.random.uniform(key, (T, config.batch_size))
     rows = jnp.floor(u * n_train_dev[:, None]).astype(jnp.int32)   # within each alphabet
     take = lambda a: jax.vmap(lambda at, r: at[r])(a, rows)
-    return take(train_x), take(train_y), jnp.broadcast_to(mask[:, None], (T, config.batch_size, ways))
+    masks = jnp.broadcast_to(mask[:, None], (T, config.batch_size, ways))
+    return take(train_x), take(train_y), masks
 
   balancer = mj.mtl.get("equal" if single else config.method,
                         **config_common.parse_hyperparameters(config.hyperparameters))

@@ -87,6 +87,13 @@ def parse_hyperparameters(text: str) -> dict:
   return out
 
 
+def check_at_least(config: ml_collections.ConfigDict, names, minimum: int) -> None:
+  """A clear error for the first of `names` below `minimum`."""
+  for name in names:
+    if config[name] < minimum:
+      raise ValueError(f"config.{name} must be >= {minimum}, got {config[name]}")
+
+
 def resolve_multitask(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The method check every multi-task config shares; a copy with algorithm = method."""
   methods = multitask_methods()

@@ -8,10 +8,11 @@
 Protocol: two regression tasks from mtpjax.tasks.correlated (c = 1, m = 10, alpha_i = 1..10,
 beta_i = i^2, noise 0.01, inputs in R^100) with task-weight cosine config.correlation; a fixed
 training set of config.train_examples inputs (both tasks' labels), validation and test sets
-drawn from the same weights (100,000 training inputs: with 10,000 every model over-fits the
-high-frequency sines, training MSE 1.4 against test 6.6 of a label variance of 7); Adam at
-config.outer_lr on mini-batches of config.batch_size for config.num_steps steps. Reported per task: test MSE; Δm against the single-task models
-(config.method=single_task: one model per task, same architecture, trained side by side).
+drawn from the same weights (100,000 training inputs: with 10,000 the equal-weight MMoE over-fits
+the high-frequency sines, training MSE 1.4 against test 6.6 of a label variance of 7); Adam at
+config.outer_lr on mini-batches of config.batch_size for config.num_steps steps. Reported
+per task: test MSE; Δm against the single-task models (config.method=single_task: one
+model per task, same architecture, trained side by side).
 
 Models (config.arch): shared_bottom (a shared ReLU layer of config.bottom units, a tower of
 config.tower units per task) or mmoe (config.experts experts of config.expert units, a softmax
@@ -61,10 +62,8 @@ def resolve(config):
     raise ValueError(f"config.arch must be one of {list(ARCHS)}, got {config.arch!r}")
   if not -1.0 <= config.correlation <= 1.0:
     raise ValueError(f"config.correlation must be in [-1, 1], got {config.correlation}")
-  for name in ("dim", "train_examples", "val_examples", "test_examples", "batch_size",
-               "experts"):
-    if config[name] < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+  common.check_at_least(config, ("dim", "train_examples", "val_examples", "test_examples",
+                                 "batch_size", "experts"), 1)
   if config.prompt_dim < 0:
     raise ValueError(f"config.prompt_dim must be >= 0, got {config.prompt_dim}")
   return config

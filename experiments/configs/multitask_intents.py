@@ -62,13 +62,9 @@ def get_config(method: str = "equal") -> ml_collections.ConfigDict:
 
 def resolve(config):
   config = common.resolve_multitask(config)
-  for name in ("train_per_intent", "max_len", "prompt_length", "batch_size",
-               "transfer_per_intent", "eval_batch_size"):
-    if config[name] < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
-  for name in ("transfer_steps", "distill_steps"):
-    if config[name] < 0:
-      raise ValueError(f"config.{name} must be >= 0 (0 skips that stage), got {config[name]}")
+  common.check_at_least(config, ("train_per_intent", "max_len", "prompt_length", "batch_size",
+                                 "transfer_per_intent", "eval_batch_size"), 1)
+  common.check_at_least(config, ("transfer_steps", "distill_steps"), 0)  # 0 skips a stage
   if not config.temperature > 0 or not 0 <= config.alpha <= 1:
     raise ValueError(f"config.temperature must be > 0 and config.alpha in [0, 1], got "
                      f"{config.temperature}, {config.alpha}")

@@ -41,9 +41,7 @@ def get_config(method: str = "equal") -> ml_collections.ConfigDict:
 
 def resolve(config):
   config = common.resolve_multitask(config)
-  for name in ("num_alphabets", "filters", "batch_size"):
-    if config[name] < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+  common.check_at_least(config, ("num_alphabets", "filters", "batch_size"), 1)
   if config.prompt_dim < 0:
     raise ValueError(f"config.prompt_dim must be >= 0, got {config.prompt_dim}")
   return config

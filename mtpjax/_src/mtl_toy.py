@@ -12,8 +12,8 @@ x = (x1, x2); with eps = 5e-6,
 Nash-MTL and FAMO use scale = 0.1 (task 1's loss ten times smaller), which is what separates
 the methods: linear scalarisation then follows task 2. The Pareto set is the curve
 x1 in [-7, 7], x2 from -8.3552 (at x1 = 0) to -8.4345 (at the ends), the curve where
-the two gradients point in opposite directions (`pareto_x2`). The published runs start from STARTS and take 35,000 Adam steps
-at lr 1e-3 on x.
+the two gradients point in opposite directions (`pareto_x2`). The published runs start
+from STARTS and take 35,000 Adam steps at lr 1e-3 on x.
 """
 
 import jax
