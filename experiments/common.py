@@ -26,6 +26,7 @@ import optax
 import tqdm
 
 import mtpjax as mj
+from mtpjax._src import sharding as sharding_lib
 from mtpjax._src.checkpoint import Checkpointer
 
 # Fields that may change between a checkpoint and its resumption without altering the run
@@ -51,6 +52,8 @@ class Experiment(NamedTuple):
   # rows instead of replacing them.
   merge_by: Optional[str] = None
   facts: Optional[dict] = None               # added to results.json (e.g. parameter counts)
+  # The device mesh the learner splits tasks over (mj.mesh_from_env), recorded in results.json.
+  mesh: Optional[jax.sharding.Mesh] = None
 
 
 class ConfigMismatch(ValueError):
@@ -262,9 +265,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
   """
   check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lock(workdir):
+  # Several processes of one run share the workdir: the first holds the lock and writes the
+  # files; every process takes part in the checkpoints (orbax coordinates them).
+  lock = workdir_lock(workdir) if _primary() else contextlib.nullcontext()
+  with lock:
     return _train_and_evaluate(config, workdir, experiment,
                                allow_config_change=allow_config_change)
+
+
+def _primary() -> bool:
+  return jax.process_index() == 0
 
 
 def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
@@ -285,14 +295,17 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
           + "\nUse a new --workdir, or pass --allow_config_change to resume with the new config.")
     timing = meta.get("timing", timing)
     print(f"resuming from step {resumed_from} ({ckpt.directory})", file=sys.stderr)
-  _write_json(os.path.join(workdir, "config.json"), cfg)
+  primary = _primary()
+  if primary:
+    _write_json(os.path.join(workdir, "config.json"), cfg)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(state.step)
   history = _read_jsonl(metrics_path, max_step=start)
-  with open(metrics_path, "w") as f:  # drop what was logged after the checkpoint we resume
-    for row in history:
-      f.write(json.dumps(row) + "\n")
+  if primary:
+    with open(metrics_path, "w") as f:  # drop what was logged after the checkpoint we resume
+      for row in history:
+        f.write(json.dumps(row) + "\n")
 
   compile_before = timing["compile_seconds"]  # of the runs this one resumes
   compiled = {"seconds": 0.0}  # this process's, added to by compile_timer(compiled) below
@@ -330,9 +343,10 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
 
   window, t_log, t0 = [], time.perf_counter(), None
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=experiment.name, unit="step",
-                  disable=not config.progress, dynamic_ncols=True, file=sys.stderr)
+                  disable=not (config.progress and primary), dynamic_ncols=True, file=sys.stderr)
   t_wall = time.perf_counter()
-  with open(metrics_path, "a") as mfile, compile_timer(compiled):
+  with (open(metrics_path, "a") if primary else open(os.devnull, "w")) as mfile, \
+       compile_timer(compiled):
     step = start
     while step < num_steps:
       state, metrics, n = advance(state, step)
@@ -388,8 +402,11 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
   if not ckpt.steps():  # e.g. resumed a finished run: nothing new to save
     save(state)
 
+  # Every process evaluates on its own devices (the same tasks, so the same rows): the
+  # parameters are replicated, and a local copy keeps evaluation free of collectives.
+  params = state.params if jax.process_count() == 1 else sharding_lib.local_copy(state.params)
   t_eval = time.perf_counter()
-  rows, extras = experiment.evaluate(state.params)
+  rows, extras = experiment.evaluate(params)
   eval_seconds = time.perf_counter() - t_eval
   if experiment.merge_by is not None:
     rows = _merged_rows(os.path.join(workdir, "results.json"), rows, experiment.merge_by)
@@ -407,14 +424,16 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
       "resumed_from_step": resumed_from,
       "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
+      **sharding_lib.describe(experiment.mesh),
       "jax_version": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as this process started XLA with
       "rows": rows,
   }
   results.update(experiment.facts or {})
-  _write_json(os.path.join(workdir, "results.json"), results)
-  if experiment.plot is not None:
-    results["plots"] = experiment.plot(workdir, state.params, history, extras)
+  if primary:
+    _write_json(os.path.join(workdir, "results.json"), results)
+    if experiment.plot is not None:
+      results["plots"] = experiment.plot(workdir, params, history, extras)
   ckpt.close()
   return results
 
@@ -598,10 +617,12 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
     config = resolve(flags.FLAGS.config)
     check_config(config, algorithms, meta=meta)
     apply_xla_flags(config.get("xla_flags"))
+    mj.initialize_from_env()  # a multi-process launch (README: "Several GPUs and hosts")
     experiment = build(config, make_optimizer(config))
     results = train_and_evaluate(config, flags.FLAGS.workdir, experiment,
                                  allow_config_change=flags.FLAGS.allow_config_change)
-    print(results_table(results))
-    print(f"wrote {os.path.join(flags.FLAGS.workdir, 'results.json')}")
+    if _primary():
+      print(results_table(results))
+      print(f"wrote {os.path.join(flags.FLAGS.workdir, 'results.json')}")
 
   app.run(run)

@@ -279,13 +279,13 @@ def build(config, optimizer) -> common.Experiment:
                                    else None)
     return head.loss_fn, head.accuracy_fn, head.task_repr
 
-  def learner_for(ways, sample=None):
+  def learner_for(ways, sample=None, mesh=None):
     loss, _, task_repr = head_for(ways)
     return mj.meta_learner(loss, optimizer, algorithm=algo, inner_steps=config.inner_steps,
                            inner_lr=config.inner_lr, meta_batch_size=config.meta_batch_size,
-                           sample=sample, task_repr=task_repr)
+                           sample=sample, task_repr=task_repr, mesh=mesh)
 
-  facts = {}
+  facts, mesh = {}, None
   # --- Training ------------------------------------------------------------------------
   if method in ("multitask", "finetune"):
     # Supervised over every meta-training intent: a linear head (dropped afterwards) and the
@@ -316,7 +316,11 @@ def build(config, optimizer) -> common.Experiment:
     if config.num_steps > 0:
       sample = family(splits["train"], features("train"), config.ways, config.shots,
                       config.queries, f"{config.ways}-way {config.shots}-shot").sample
-    learner = learner_for(config.ways, sample)
+    # The episodic meta-training splits its meta-batch over the devices (the supervised rows
+    # above draw one batch a step: they run on one device).
+    mesh = (mj.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
+            if config.num_steps > 0 else None)
+    learner = learner_for(config.ways, sample, mesh)
     if config.num_steps > 0:
       state = learner.init(params, key=key)
       facts["meta_trained_parameters"] = count(
@@ -432,7 +436,7 @@ def build(config, optimizer) -> common.Experiment:
     return make_plots(workdir, config, history, extras)
 
   return common.Experiment(f"intents {method}", learner, params, evaluate, plot,
-                           merge_by="data", facts=facts)
+                           merge_by="data", facts=facts, mesh=mesh)
 
 
 def average_prompt(config, enc, train: Split, train_feats, params, key):

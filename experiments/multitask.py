@@ -58,8 +58,9 @@ def build(config, optimizer) -> common.Experiment:
     x = jnp.broadcast_to(train.x[idx], (NUM_TASKS, config.batch_size, config.dim))
     return x, train.y[:, idx]                                   # [T, b, d], [T, b]
 
+  mesh = mj.mesh_from_env(NUM_TASKS, "the task count")
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=NUM_TASKS,
-                                     per_task=per_task, sample=sample)
+                                     per_task=per_task, sample=sample, mesh=mesh)
 
   @jax.jit
   def task_mse(params, x, y):  # [T]: each task's MSE on the whole set
@@ -86,7 +87,7 @@ def build(config, optimizer) -> common.Experiment:
     del params, extras
     return make_plots(workdir, config, history)
 
-  return common.Experiment("multitask_synthetic", trainer, params, evaluate, plot,
+  return common.Experiment("multitask_synthetic", trainer, params, evaluate, plot, mesh=mesh,
                            facts=facts)
 
 

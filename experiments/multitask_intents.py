@@ -132,8 +132,9 @@ def build(config, optimizer) -> common.Experiment:
 
   balancer = mj.mtl.get("equal" if single else config.method,
                         **config_common.parse_hyperparameters(config.hyperparameters))
+  mesh = mj.mesh_from_env(T, "the number of training domains")
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
-                                     per_task=per_task, frozen=(S,), sample=sample)
+                                     per_task=per_task, frozen=(S,), sample=sample, mesh=mesh)
   predict = jax.jit(model.apply)
 
   def scores(p, x, y):
@@ -235,7 +236,8 @@ def build(config, optimizer) -> common.Experiment:
   facts = {"domains": tasks, "heldout_domains": list(config.heldout_domains),
            "trained_parameters": count({r: v for r, v in params.items() if r != S}),
            "train_utterances_per_domain": int(n_train)}
-  return common.Experiment("multitask_intents", trainer, params, evaluate, None, facts=facts)
+  return common.Experiment("multitask_intents", trainer, params, evaluate, None, facts=facts,
+                           mesh=mesh)
 
 
 if __name__ == "__main__":

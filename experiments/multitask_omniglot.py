@@ -87,8 +87,9 @@ def build(config, optimizer) -> common.Experiment:
 
   balancer = mj.mtl.get("equal" if single else config.method,
                         **config_common.parse_hyperparameters(config.hyperparameters))
+  mesh = mj.mesh_from_env(T, "config.alphabets")
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
-                                     per_task=per_task, sample=sample)
+                                     per_task=per_task, sample=sample, mesh=mesh)
   predict = jax.jit(lambda p, x, m: jnp.argmax(logits_of(p, x, m), -1))
   sets = {s: split_arrays(s) for s in ("val", "test")}
 
@@ -104,7 +105,8 @@ def build(config, optimizer) -> common.Experiment:
 
   facts = {"alphabets": names, "characters": [len(c) for c in chars],
            "parameters": int(sum(a.size for a in jax.tree.leaves(params)))}
-  return common.Experiment("multitask_omniglot", trainer, params, evaluate, None, facts=facts)
+  return common.Experiment("multitask_omniglot", trainer, params, evaluate, None, facts=facts,
+                           mesh=mesh)
 
 
 if __name__ == "__main__":

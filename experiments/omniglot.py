@@ -75,10 +75,11 @@ def build(config, optimizer) -> common.Experiment:
       algorithm = mj.get_algorithm(config.algorithm, reset=(mj.HEAD,))
     except ValueError as e:
       raise ValueError(f"config.zero_head with algorithm {config.algorithm!r}: {e}") from None
+  mesh = mj.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
   learner = mj.meta_learner(loss_fn, optimizer, algorithm=algorithm,
                             inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                             meta_batch_size=config.meta_batch_size, sample=family.sample,
-                            task_repr=task_repr)
+                            task_repr=task_repr, mesh=mesh)
   eval_key = jax.random.key(config.seed + EVAL_SEED_OFFSET)
   eval_steps = (0,) if protonet else tuple(config.eval_inner_steps)
 
@@ -113,7 +114,7 @@ def build(config, optimizer) -> common.Experiment:
                       history, results, eval_key, protonet)
 
   name = f"omniglot {config.ways}-way {config.shots}-shot"
-  return common.Experiment(name, learner, params, evaluate, plot)
+  return common.Experiment(name, learner, params, evaluate, plot, mesh=mesh)
 
 
 def make_plots(workdir, config, model, learner, test_family, shown, params, history, results,

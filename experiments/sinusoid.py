@@ -40,9 +40,11 @@ def build(config, optimizer) -> common.Experiment:
   model = build_model(config)
   params = model.init(jax.random.key(config.seed), jnp.zeros((config.shots, 1)))
   loss_fn = mj.supervised(model.apply, mj.mse)
+  mesh = mj.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
   learner = mj.meta_learner(loss_fn, optimizer, algorithm=config.algorithm,
                             inner_steps=config.inner_steps, inner_lr=config.inner_lr,
-                            meta_batch_size=config.meta_batch_size, sample=train.sample)
+                            meta_batch_size=config.meta_batch_size, sample=train.sample,
+                            mesh=mesh)
   eval_key = jax.random.key(config.seed + EVAL_SEED_OFFSET)
 
   def evaluate(params):
@@ -54,7 +56,7 @@ def build(config, optimizer) -> common.Experiment:
   def plot(workdir, params, history, res):
     return make_plots(workdir, config, model, learner, test, params, history, res, eval_key)
 
-  return common.Experiment("sinusoid", learner, params, evaluate, plot)
+  return common.Experiment("sinusoid", learner, params, evaluate, plot, mesh=mesh)
 
 
 def make_plots(workdir, config, model, learner, test, params, history, res, eval_key):

@@ -11,6 +11,9 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
                       "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The experiments split tasks over every device they see; their tests run on one device
+# (tests/test_sharding.py runs them on 4 and on 2 processes).
+os.environ.setdefault("MTPJAX_DEVICES", "1")
 # Many tests (and the subprocess runs of the experiment scripts) compile identical programs;
 # a compilation cache private to this test session compiles each once.
 _CACHE = tempfile.mkdtemp(prefix="mtpjax-test-jax-cache-")

@@ -73,7 +73,11 @@ class Checkpointer:
     steps = self.steps() if step is None else [step]
     if not steps:
       return None
-    abstract = jax.eval_shape(lambda: _to_tree(like))
+    # Targets carry `like`'s shardings, so a checkpoint written on one device count or
+    # process layout restores onto this run's (orbax refuses a topology change without them).
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        _to_tree(like))
     errors = []
     for s in reversed(steps):
       try:
