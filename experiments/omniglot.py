@@ -6,7 +6,6 @@ See experiments/configs/omniglot.py for the protocol and every field. Data: omni
 from config.data_path, else $MTPJAX_DATA_DIR, else ../shared/data beside the checkout.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp

@@ -5,7 +5,6 @@
 See experiments/configs/sinusoid.py for the protocol and every field.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp

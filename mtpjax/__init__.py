@@ -19,6 +19,7 @@ from mtpjax._src.meta import (ALGORITHMS, Algorithm, MetaLearner, MetaState, get
                               meta_learner)
 from mtpjax._src.nets import (Model, Net, compose, context_prompt, conv4, identity, linear_head,
                               mlp)
+from mtpjax._src.precision import mixed_precision
 from mtpjax._src.protonet import ProtoNet, protonet
 from mtpjax._src.sharding import initialize_from_env, mesh_from_env, task_mesh
 from mtpjax._src.transformer import token_embeddings, transformer

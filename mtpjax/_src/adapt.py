@@ -11,6 +11,24 @@ from mtpjax._src import types
 # Up to this many inner steps, "auto" traces the steps without a loop.
 UNROLL_AUTO_MAX_STEPS = 2
 
+# remat=True recomputes everything (jax.checkpoint's default); a name picks one of JAX's
+# policies for what the backward pass may keep instead of recomputing.
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
+
+
+def remat_policy(remat: Union[bool, str, Callable]) -> Optional[Callable]:
+  """The jax.checkpoint policy for `remat` (True: None, JAX's default, which saves nothing);
+  a clear error for an unknown name."""
+  if remat is True or remat is None:
+    return None
+  if callable(remat):
+    return remat
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be True, False, a jax.checkpoint policy or one of "
+                     f"{list(REMAT_POLICIES)}, got {remat!r}")
+  return getattr(jax.checkpoint_policies, remat)
+
 
 def split_roles(params: types.Params, roles: Sequence[str]):
   """(selected, rest): two role-keyed dicts that merge back into `params`."""
@@ -28,7 +46,8 @@ def check_roles(params: types.Params, roles: Sequence[str], what: str) -> None:
 
 def adapt(loss_fn: types.LossFn, params: types.Params, batch: types.Batch, *,
           fast: Sequence[str], steps: int, lr: Union[float, types.ArrayTree],
-          first_order: bool = False, remat: bool = False, unroll: Union[int, bool, str] = "auto",
+          first_order: bool = False, remat: Union[bool, str, Callable] = False,
+          unroll: Union[int, bool, str] = "auto",
           eval_fn: Optional[Callable[[types.Params], types.ArrayTree]] = None):
   """Adapts the `fast` roles of one task's parameters by `steps` SGD steps on `batch`.
 
@@ -41,7 +60,10 @@ def adapt(loss_fn: types.LossFn, params: types.Params, batch: types.Batch, *,
     lr: a scalar, or a pytree shaped like the fast roles (Meta-SGD's per-parameter rates).
     first_order: stop the gradient through the inner gradients (first-order MAML): the
       adapted parameters still depend on the initial ones through the identity path.
-    remat: recompute each step's forward pass in the backward pass instead of storing it.
+    remat: recompute each step's forward pass in the backward pass instead of storing it
+      (jax.checkpoint on the scan body: XLA does not remat inside a scan by itself). True
+      recomputes everything; a name in REMAT_POLICIES (or a jax.checkpoint_policies
+      function) keeps what the policy saves, e.g. "dots_saveable" keeps the matmul outputs.
     unroll: "auto" (default): True for steps <= 2, else 1. An int is lax.scan's unroll
       factor; True traces the steps one after another with no loop at all. (lax.scan with
       unroll=True still lowers a length-1 scan to an HLO while loop, which costs ~10% of a
@@ -67,8 +89,8 @@ def adapt(loss_fn: types.LossFn, params: types.Params, batch: types.Batch, *,
     return loss_fn({**slow_params, **fp}, batch)
 
   grad_fn = jax.value_and_grad(inner_loss)
-  if remat:
-    grad_fn = jax.checkpoint(grad_fn)
+  if remat is not False:
+    grad_fn = jax.checkpoint(grad_fn, policy=remat_policy(remat))
 
   def body(fp, _):
     loss, grads = grad_fn(fp)

@@ -215,7 +215,8 @@ def check_episode_shapes(episode: Any, what: str = "episode", *, batched: bool =
 def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation, *,
                  algorithm: Union[str, Algorithm] = "maml", inner_steps: int = 1,
                  inner_lr: float = 0.01, meta_batch_size: int = 25,
-                 sample: Optional[types.SampleFn] = None, remat: bool = False,
+                 sample: Optional[types.SampleFn] = None,
+                 remat: Union[bool, str, Callable] = False,
                  unroll: Union[int, bool, str] = "auto", donate: bool = True,
                  jit: bool = True,
                  task_repr: Optional[Callable[[types.Params, types.Batch], Any]] = None,
@@ -233,7 +234,8 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     meta_batch_size: tasks per meta-step.
     sample: sample(key) -> Episode for one task. With it, step(state) draws its own tasks
       on the device; without it, step(state, tasks) takes a meta-batch of Episodes.
-    remat, unroll: inner-loop memory/speed knobs (see adapt).
+    remat, unroll: inner-loop memory/speed knobs (see adapt): remat=True or a policy name
+      ("dots_saveable", ...) trades recomputation for the memory of long inner loops.
     donate: donate the state to the step (its buffers are reused in place).
     jit: compile the step (turn off only to debug).
     task_repr: optional task_repr(params, support) -> representation, computed once per task
@@ -264,6 +266,8 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     raise ValueError(f"unknown meta-gradient rule {algo.rule!r}; known: 'maml', 'reptile'")
   if mesh is not None:
     sharding_lib.check_mesh(mesh, meta_batch_size)
+  if remat is not False:
+    adapt_lib.remat_policy(remat)  # an unknown policy name fails here, not at trace time
 
   def _lr(params):
     return params[types.INNER_LR] if algo.learn_inner_lr else inner_lr
