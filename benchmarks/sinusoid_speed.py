@@ -6,13 +6,20 @@ step in both. The two are timed alternately in one process, several rounds each.
 shared machine drifts over a run, so the headline figure is the median of the per-round
 ratios (each round times both back to back); the ratio of the medians is printed beside it.
 
-  python -m benchmarks.sinusoid_speed [--steps 2000] [--rounds 5] [--out DIR]
+Also timed, once per round: the experiment script itself with its defaults
+(`python -m experiments.sinusoid`, only --cli_steps meta-steps), by the meta-steps/s it
+reports (compilation excluded; its logging and checkpoints included).
+
+  python -m benchmarks.sinusoid_speed [--steps 2000] [--rounds 5] [--cli_steps 10000] [--out DIR]
 """
 
 import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -97,6 +104,23 @@ def library_step():
   return run
 
 
+def cli_run(steps):
+  """The experiment script as a user runs it, with its defaults (logging, checkpoints,
+  steps_per_call) and only num_steps shortened: its own meta-steps/s from results.json
+  (compilation excluded, logging and checkpoints included)."""
+
+  def run(_):
+    with tempfile.TemporaryDirectory() as workdir:
+      out = subprocess.run([sys.executable, "-m", "experiments.sinusoid", f"--workdir={workdir}",
+                            f"--config.num_steps={steps}", "--config.progress=false"],
+                           capture_output=True, text=True)
+      if out.returncode:
+        sys.exit(f"experiments.sinusoid failed:\n{out.stderr[-3000:]}")
+      with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)["meta_steps_per_sec"]
+  return run
+
+
 def timed(run, steps):
   t = time.perf_counter()
   run(steps)
@@ -107,24 +131,37 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--steps", type=int, default=1000, help="meta-steps per timed round")
   ap.add_argument("--rounds", type=int, default=11)
+  ap.add_argument("--cli_steps", type=int, default=10_000,
+                  help="meta-steps of each round's run of the experiment script with its "
+                       "defaults (python -m experiments.sinusoid); 0 leaves it out")
   ap.add_argument("--out", default=None, help="directory for speed.json")
   args = ap.parse_args()
   runs = {"hand_written_jax": hand_written_step(), "mtpjax": library_step()}
   for run in runs.values():  # compile and warm up
     run(50)
+  if args.cli_steps:
+    runs["experiment_cli"] = cli_run(args.cli_steps)
   rates = {name: [] for name in runs}
   for _ in range(args.rounds):
     for name, run in runs.items():
-      rates[name].append(timed(run, args.steps))
+      rates[name].append(run(None) if name == "experiment_cli" else timed(run, args.steps))
   med = {name: statistics.median(r) for name, r in rates.items()}
   paired = [a / b for a, b in zip(rates["mtpjax"], rates["hand_written_jax"])]
   ratio = statistics.median(paired)
+  if args.cli_steps:
+    cli = [a / b for a, b in zip(rates["experiment_cli"], rates["hand_written_jax"])]
+    print(f"  experiment script (defaults, {args.cli_steps} steps) / hand-written: median of "
+          f"per-round ratios {statistics.median(cli):.3f}, rounds "
+          + " ".join(f"{r:.2f}" for r in cli))
   result = {"backend": jax.default_backend(), "jax_version": jax.__version__,
             "devices": str(jax.devices()), "steps_per_round": args.steps,
             "rounds": args.rounds, "meta_steps_per_sec": rates,
             "median_meta_steps_per_sec": med, "per_round_ratios": paired,
             "ratio_mtpjax_over_hand_written": ratio,
             "ratio_of_medians": med["mtpjax"] / med["hand_written_jax"]}
+  if args.cli_steps:
+    result.update(cli_steps=args.cli_steps, per_round_cli_ratios=cli,
+                  ratio_cli_over_hand_written=statistics.median(cli))
   print(f"backend {result['backend']}, jax {jax.__version__}, {args.rounds} rounds x {args.steps} steps")
   for name in runs:
     print(f"  {name:18s} median {med[name]:8.1f} meta-steps/s   rounds "

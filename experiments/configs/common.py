@@ -29,14 +29,30 @@ def base_config() -> ml_collections.ConfigDict:
   # Meta-steps per jitted call (learner.run: a lax.scan over steps). XLA then allocates its
   # temporaries once per call; on the CPU with glibc's malloc that saves most page faults
   # (Omniglot MAML, before Conv4 normalised after the pool: 1.33 -> 1.14 s per step at 4;
-  # `python -m benchmarks.omniglot_speed --steps_per_call 4`). Must divide log_every and
-  # checkpoint_every.
-  c.steps_per_call = 1
+  # `python -m benchmarks.omniglot_speed --steps_per_call 4`), and the Python loop runs once
+  # per call. A value set must divide log_every and checkpoint_every. None: the experiment's
+  # fastest measured value, reduced to fit them (fit_steps_per_call).
+  c.steps_per_call = config_dict.placeholder(int)
   # Flags appended to $XLA_FLAGS before JAX starts its backend (process-wide, so a config
   # field rather than a library argument; flags already in $XLA_FLAGS win). Changes speed and
   # float rounding, not the computation, so a resumed run may change it.
   c.xla_flags = ""
   return c
+
+
+def fit_steps_per_call(config: ml_collections.ConfigDict,
+                       fastest: int) -> ml_collections.ConfigDict:
+  """steps_per_call left at None becomes `fastest` (the experiment's measured best), reduced
+  to the largest value that divides log_every and checkpoint_every as well (their gcd), so
+  logs and checkpoints fall between calls whatever the user sets them to."""
+  import math
+  if config.get("steps_per_call") is not None:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  every = [config[k] for k in ("log_every", "checkpoint_every")
+           if isinstance(config.get(k), int) and config[k] > 0]
+  config.steps_per_call = math.gcd(fastest, *every)
+  return config
 
 
 def fill(config: ml_collections.ConfigDict, defaults: dict) -> ml_collections.ConfigDict:

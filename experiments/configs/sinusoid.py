@@ -28,6 +28,9 @@ ALGORITHM_DEFAULTS = {
 }
 
 
+FASTEST_STEPS_PER_CALL = 100
+
+
 def get_config(arg=None):
   c = common.base_config()
   if arg:
@@ -51,4 +54,6 @@ def resolve(config):
                      f"got {config.algorithm!r}")
   defaults = dict(meta_batch_size=25, outer_lr=1e-3, train_queries=config.shots)
   defaults.update(ALGORITHM_DEFAULTS[config.algorithm])
-  return common.fill(config, defaults)
+  # 100 meta-steps per jitted call: the script with its defaults then trains at the speed of
+  # a minimal hand-written jitted step (README, "Speed"; benchmarks/sinusoid_speed.py).
+  return common.fit_steps_per_call(common.fill(config, defaults), FASTEST_STEPS_PER_CALL)
