@@ -80,6 +80,22 @@ def time_peer(peer_python, data_file, args):
   return [json.loads(l)["seconds"] for l in out.stdout.splitlines() if l.startswith("{")]
 
 
+def time_cli(steps, data_path):
+  """The experiment script as a user runs it, with its training defaults (steps_per_call,
+  logging, the final checkpoint) and only num_steps and the evaluation shortened: seconds per
+  meta-step from the meta-steps/s it reports (compilation excluded)."""
+  with tempfile.TemporaryDirectory() as workdir:
+    cmd = [sys.executable, "-m", "experiments.omniglot", f"--workdir={workdir}",
+           f"--config.num_steps={steps}", "--config.progress=false", "--config.eval_tasks=10",
+           "--config.eval_inner_steps=0"] + ([f"--config.data_path={data_path}"] if data_path
+                                             else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+      raise RuntimeError(f"experiments.omniglot failed:\n{out.stderr[-3000:]}")
+    with open(os.path.join(workdir, "results.json")) as f:
+      return 1.0 / json.load(f)["meta_steps_per_sec"]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--peer_python", default=None)
@@ -95,6 +111,10 @@ def main():
   parser.add_argument("--xla_flags", default=None,
                       help="appended to $XLA_FLAGS (default: the Omniglot experiment's choice)")
   parser.add_argument("--data", default=None, help="omniglot28.npz (default: the shared data)")
+  parser.add_argument("--cli_steps", type=int, default=0,
+                      help="also time, once per round, `python -m experiments.omniglot` with "
+                           "its defaults for this many meta-steps (a multiple of 100 keeps "
+                           "its log and checkpoint at the end)")
   parser.add_argument("--out", default="runs/speed")
   args = parser.parse_args()
   if args.steps_per_call < 1:
@@ -116,7 +136,7 @@ def main():
         f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})", flush=True)
 
-  ours, peer = [], []
+  ours, peer, cli = [], [], []
   faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # this process: mtpjax only
   with tempfile.TemporaryDirectory() as tmp:
     data_file = os.path.join(tmp, "omniglot_train.npy")
@@ -129,6 +149,9 @@ def main():
         t = time_peer(args.peer_python, data_file, args)
         peer += t
         line += f", learn2learn {statistics.median(t):.3f} s/step"
+      if args.cli_steps:
+        cli.append(time_cli(args.cli_steps, args.data))
+        line += f", experiments.omniglot {cli[-1]:.3f} s/step"
       print(line, flush=True)
 
   faults = ((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
@@ -149,6 +172,12 @@ def main():
                   speedup=statistics.median(peer) / statistics.median(ours))
     summary += (f", learn2learn {result['learn2learn_median_s']:.3f} s/step: mtpjax is "
                 f"{result['speedup']:.2f}x learn2learn's speed")
+  if cli:
+    result.update(cli_s=cli, cli_median_s=statistics.median(cli))
+    summary += f"; experiments.omniglot (defaults) {result['cli_median_s']:.3f} s/step"
+    if peer:
+      result["cli_speedup"] = statistics.median(peer) / statistics.median(cli)
+      summary += f": {result['cli_speedup']:.2f}x learn2learn's speed"
   print(summary)
   os.makedirs(args.out, exist_ok=True)
   norm = "" if args.norm == "group" else f"_{args.norm}"

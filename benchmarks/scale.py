@@ -186,7 +186,7 @@ def plot(result, path):
   axes[1].set(xlabel="inner steps", ylabel="compiled temporary memory (MiB)",
               title="memory of the meta-step")
   axes[1].legend(fontsize=8)
-  fig.suptitle(result["device"])
+  fig.suptitle(f"{result['device']} ({result['cpus']} CPU cores), jax {result['jax']}")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -302,6 +302,9 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(state.step)
   history = _read_jsonl(metrics_path, max_step=start)
+  if jax.process_count() > 1:  # every process reads the same history before it is rewritten
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("mtpjax: metrics history read")
   if primary:
     with open(metrics_path, "w") as f:  # drop what was logged after the checkpoint we resume
       for row in history:
