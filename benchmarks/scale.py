@@ -16,7 +16,8 @@ Two grids:
   `memory_stats()` after running it).
 
   python -m benchmarks.scale [--devices 1,4] [--meta_batch 4,8,16,32] [--out runs/scale]
-  python -m benchmarks.scale --markdown runs/scale/scale.json    (the README's tables)
+  python -m benchmarks.scale --markdown runs/scale/scale.json    (the README's tables; redraws
+                                                                  the plot)
 
 On the CPU, forced devices share the machine's cores: N devices cannot run N times faster
 than one on a 2-core machine; the figure measures the sharded program's overhead and what
@@ -173,6 +174,9 @@ def plot(result, path):
                  "o-", label=f"{d} device{'s' if d > 1 else ''}")
   axes[0].set(xlabel="meta-batch (tasks)", ylabel="tasks/s", xscale="log",
               title="Conv4 MAML step, 1 inner step")
+  batches = sorted({r["meta_batch"] for r in speed})
+  axes[0].set_xticks(batches, [str(b) for b in batches])
+  axes[0].minorticks_off()
   axes[0].legend()
   mem = [r for r in rows if r["grid"] == "memory"]
   for order in ("second", "first"):
@@ -210,9 +214,11 @@ def main():
   parser.add_argument("--markdown", help="print the tables of a saved scale.json and exit")
   parser.add_argument("--worker_devices", type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.markdown:
+  if args.markdown:  # also redraws the plot beside the saved result
     with open(args.markdown) as f:
-      print(markdown(json.load(f)))
+      result = json.load(f)
+    print(markdown(result))
+    plot(result, os.path.join(os.path.dirname(args.markdown), "scale.png"))
     return
   if args.worker_devices:
     worker(args)
