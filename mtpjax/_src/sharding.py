@@ -5,6 +5,10 @@ per-task keys are constrained to that axis inside the jitted step, so each devic
 adapts and differentiates its own tasks, and the mean over tasks becomes one all-reduce that
 XLA inserts. Task i is drawn from the same key whatever the device count, so the same seed
 gives the same meta-batch on 1 or N devices.
+
+The same code runs on several processes (hosts): `initialize_from_env` starts
+jax.distributed from a launch's environment, `mesh_from_env` is the experiments' mesh, and
+`replicate` / `local_copy` move replicated state between one process's arrays and global ones.
 """
 
 import os
@@ -116,8 +120,8 @@ def mesh_from_env(num_tasks: int, what: str = "meta_batch_size",
   """The task mesh an experiment runs on: every device of every process, or the first
   $MTPJAX_DEVICES of them on one process; None when that is a single device.
 
-  `num_tasks` must divide over the devices: otherwise a clear error naming both numbers, the
-  nearest sizes that do, and how to use fewer devices.
+  `num_tasks` must divide over the devices: otherwise a clear error naming both numbers, a
+  size that does, and how to use fewer devices.
   """
   environ = os.environ if environ is None else environ
   devices = jax.devices()
