@@ -2,7 +2,7 @@
 # Omniglot's alphabets as tasks: every balancing method and the single-task baselines, then the
 # table (per-alphabet accuracy / macro-F1, Δm). EXTRA="--config.num_alphabets=5 ..." is passed
 # to every run (the shortened CPU protocol: see the README).
-#   bash benchmarks/multitask_intents.sh [RUNS] [SEEDS]        (default runs/mtl_omniglot, "0")
+#   bash benchmarks/multitask_omniglot.sh [RUNS] [SEEDS]        (default runs/mtl_omniglot, "0")
 # METHODS limits the methods.
 set -euo pipefail
 RUNS=${1:-runs/mtl_omniglot}
