@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import script_steps_per_sec
 from experiments.common import apply_xla_flags, compile_timer
 from experiments.configs.omniglot import default_xla_flags
 import mtpjax as mj
@@ -81,19 +82,12 @@ def time_peer(peer_python, data_file, args):
 
 
 def time_cli(steps, data_path):
-  """The experiment script as a user runs it, with its training defaults (steps_per_call,
-  logging, the final checkpoint) and only num_steps and the evaluation shortened: seconds per
-  meta-step from the meta-steps/s it reports (compilation excluded)."""
-  with tempfile.TemporaryDirectory() as workdir:
-    cmd = [sys.executable, "-m", "experiments.omniglot", f"--workdir={workdir}",
-           f"--config.num_steps={steps}", "--config.progress=false", "--config.eval_tasks=10",
-           "--config.eval_inner_steps=0"] + ([f"--config.data_path={data_path}"] if data_path
-                                             else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-      raise RuntimeError(f"experiments.omniglot failed:\n{out.stderr[-3000:]}")
-    with open(os.path.join(workdir, "results.json")) as f:
-      return 1.0 / json.load(f)["meta_steps_per_sec"]
+  """Seconds per meta-step of the experiment script with its training defaults
+  (steps_per_call, logging, the final checkpoint), only num_steps and the evaluation shortened."""
+  data = [f"--config.data_path={data_path}"] if data_path else []
+  return 1.0 / script_steps_per_sec("experiments.omniglot", f"--config.num_steps={steps}",
+                                    "--config.eval_tasks=10", "--config.eval_inner_steps=0",
+                                    *data)
 
 
 def main():

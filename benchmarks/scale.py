@@ -113,24 +113,18 @@ def worker(args):
 
 
 def spawn(devices, args):
+  # The flag sets the CPU's device count only; on a GPU machine the worker uses the visible
+  # GPUs (set CUDA_VISIBLE_DEVICES to choose them), and its rows record how many. This
+  # process never starts a backend, so it holds no accelerator memory the worker needs.
   env = dict(os.environ)
-  if env.get("JAX_PLATFORMS", "cpu") == "cpu" and not _has_gpu():
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   cmd = [sys.executable, "-m", "benchmarks.scale", "--worker_devices", str(devices)] + [
       a for a in sys.argv[1:] if not a.startswith("--worker_devices")]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True)
   if out.returncode:
     sys.exit(f"worker with {devices} devices failed:\n{out.stderr[-3000:]}")
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
-def _has_gpu() -> bool:
-  try:
-    import jax
-    return jax.default_backend() == "gpu"
-  except Exception:
-    return False
 
 
 def markdown(result) -> str:

@@ -17,9 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import jax
@@ -27,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 import mtpjax as mj
+from benchmarks import script_steps_per_sec
 
 SHOTS, TASKS, INNER_LR, OUTER_LR = 10, 25, 0.01, 1e-3
 
@@ -104,23 +102,6 @@ def library_step():
   return run
 
 
-def cli_run(steps):
-  """The experiment script as a user runs it, with its defaults (logging, checkpoints,
-  steps_per_call) and only num_steps shortened: its own meta-steps/s from results.json
-  (compilation excluded, logging and checkpoints included)."""
-
-  def run(_):
-    with tempfile.TemporaryDirectory() as workdir:
-      out = subprocess.run([sys.executable, "-m", "experiments.sinusoid", f"--workdir={workdir}",
-                            f"--config.num_steps={steps}", "--config.progress=false"],
-                           capture_output=True, text=True)
-      if out.returncode:
-        sys.exit(f"experiments.sinusoid failed:\n{out.stderr[-3000:]}")
-      with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)["meta_steps_per_sec"]
-  return run
-
-
 def timed(run, steps):
   t = time.perf_counter()
   run(steps)
@@ -136,15 +117,18 @@ def main():
                        "defaults (python -m experiments.sinusoid); 0 leaves it out")
   ap.add_argument("--out", default=None, help="directory for speed.json")
   args = ap.parse_args()
-  runs = {"hand_written_jax": hand_written_step(), "mtpjax": library_step()}
-  for run in runs.values():  # compile and warm up
+  steps = {"hand_written_jax": hand_written_step(), "mtpjax": library_step()}
+  for run in steps.values():  # compile and warm up
     run(50)
-  if args.cli_steps:
-    runs["experiment_cli"] = cli_run(args.cli_steps)
+  # Each contender: () -> meta-steps/s of one round.
+  runs = {name: (lambda run=run: timed(run, args.steps)) for name, run in steps.items()}
+  if args.cli_steps:  # the script with its defaults, only num_steps shortened
+    runs["experiment_cli"] = lambda: script_steps_per_sec(
+        "experiments.sinusoid", f"--config.num_steps={args.cli_steps}")
   rates = {name: [] for name in runs}
   for _ in range(args.rounds):
     for name, run in runs.items():
-      rates[name].append(run(None) if name == "experiment_cli" else timed(run, args.steps))
+      rates[name].append(run())
   med = {name: statistics.median(r) for name, r in rates.items()}
   paired = [a / b for a, b in zip(rates["mtpjax"], rates["hand_written_jax"])]
   ratio = statistics.median(paired)

@@ -1,5 +1,7 @@
 """Config fields every meta-learning experiment shares."""
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -45,7 +47,6 @@ def fit_steps_per_call(config: ml_collections.ConfigDict,
   """steps_per_call left at None becomes `fastest` (the experiment's measured best), reduced
   to the largest value that divides log_every and checkpoint_every as well (their gcd), so
   logs and checkpoints fall between calls whatever the user sets them to."""
-  import math
   if config.get("steps_per_call") is not None:
     return config
   config = ml_collections.ConfigDict(config.to_dict())

@@ -20,7 +20,7 @@ REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_
 def remat_policy(remat: Union[bool, str, Callable]) -> Optional[Callable]:
   """The jax.checkpoint policy for `remat` (True: None, JAX's default, which saves nothing);
   a clear error for an unknown name."""
-  if remat is True or remat is None:
+  if remat is True:
     return None
   if callable(remat):
     return remat
@@ -89,7 +89,7 @@ def adapt(loss_fn: types.LossFn, params: types.Params, batch: types.Batch, *,
     return loss_fn({**slow_params, **fp}, batch)
 
   grad_fn = jax.value_and_grad(inner_loss)
-  if remat is not False:
+  if remat:
     grad_fn = jax.checkpoint(grad_fn, policy=remat_policy(remat))
 
   def body(fp, _):

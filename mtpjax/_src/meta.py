@@ -266,7 +266,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     raise ValueError(f"unknown meta-gradient rule {algo.rule!r}; known: 'maml', 'reptile'")
   if mesh is not None:
     sharding_lib.check_mesh(mesh, meta_batch_size)
-  if remat is not False:
+  if remat:
     adapt_lib.remat_policy(remat)  # an unknown policy name fails here, not at trace time
 
   def _lr(params):
