@@ -92,6 +92,23 @@ def test_several_steps_per_call_train_the_same_run(tmp_path):
                              rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("log_every,checkpoint_every,expected", [
+    (1000, 5000, 100),  # the defaults: the measured fastest value divides both
+    (10, 10, 10),       # frequent logs: one call per log
+    (250, 1000, 50),    # gcd(100, 250, 1000)
+    (30, 40, 10),       # gcd(100, 30, 40)
+])
+def test_unset_steps_per_call_is_the_fastest_value_that_divides_logs_and_checkpoints(
+    log_every, checkpoint_every, expected):
+  c = config_lib.get_config()
+  c.update(log_every=log_every, checkpoint_every=checkpoint_every)
+  config = config_lib.resolve(c)
+  assert config.steps_per_call == expected
+  common.check_config(config)  # the fitted value passes the loop's own divisibility check
+  c.steps_per_call = 7         # a value the user sets is kept (and checked, see below)
+  assert config_lib.resolve(c).steps_per_call == 7
+
+
 def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   steps = dict(num_steps=400, log_every=20, checkpoint_every=60)
   args = [f"--config.{k}={v}" for k, v in steps.items()]
