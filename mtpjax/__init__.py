@@ -21,7 +21,7 @@ from mtpjax._src.nets import (Model, Net, compose, context_prompt, conv4, identi
                               mlp)
 from mtpjax._src.precision import mixed_precision
 from mtpjax._src.protonet import ProtoNet, protonet
-from mtpjax._src.sharding import initialize_from_env, mesh_from_env, task_mesh
+from mtpjax._src.sharding import initialize_from_env, mesh_from_env, param_spec, task_mesh
 from mtpjax._src.transformer import token_embeddings, transformer
 from mtpjax._src.types import (HEAD, INNER_LR, PROMPT, PROMPT_SHARED, ROLES, SHARED, Array,
                                Batch, Episode, LossFn, Params, PRNGKey, SampleFn)

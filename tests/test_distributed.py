@@ -112,6 +112,12 @@ def test_the_mesh_from_the_environment_and_its_clear_errors(monkeypatch):
     mj.mesh_from_env(8, environ={"MTPJAX_DEVICES": "5"})
   with pytest.raises(ValueError, match="MTPJAX_DEVICES must be an integer"):
     mj.mesh_from_env(8, environ={"MTPJAX_DEVICES": "all"})
+  # A "model" axis: the tasks split over the other one (6 divides over 4 / 2 = 2 devices).
+  assert mj.mesh_from_env(6, environ={"MTPJAX_MODEL_SHARDS": "2"}).shape == {"tasks": 2,
+                                                                             "model": 2}
+  with pytest.raises(ValueError, match="MTPJAX_MODEL_SHARDS=3 must be a positive divisor of "
+                                       "the 4 device"):
+    mj.mesh_from_env(8, environ={"MTPJAX_MODEL_SHARDS": "3"})
   # A multi-process launch needs its three variables; none set is a single process.
   assert mj.initialize_from_env(environ={}) is False
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID not set"):
@@ -127,3 +133,37 @@ def test_an_experiment_whose_meta_batch_does_not_divide_fails_before_compiling(m
   with pytest.raises(ValueError, match="config.meta_batch_size=6 does not divide over the 4"):
     sinusoid.build(config, common.make_optimizer(config))
 
+
+
+def test_a_model_axis_run_gives_the_1_device_figures_and_restores_on_other_layouts(
+    tmp_path, monkeypatch):
+  """MTPJAX_MODEL_SHARDS=2: the 64x64 kernel and its Adam moments split over 2 devices; the
+  run's figures equal one device's and its checkpoint restores replicated, with equal values."""
+  def run(workdir, devices, shards):
+    monkeypatch.setenv("MTPJAX_DEVICES", str(devices))
+    monkeypatch.setenv("MTPJAX_MODEL_SHARDS", str(shards))
+    config = tiny_config(meta_batch_size=8, hidden=(64, 64))
+    exp = sinusoid.build(config, common.make_optimizer(config))
+    if workdir is None:
+      return exp
+    return common.train_and_evaluate(config, str(workdir), exp._replace(plot=None)), exp
+
+  one, _ = run(tmp_path / "one", 1, 1)
+  split, exp = run(tmp_path / "split", 4, 2)
+  assert split["mesh"] == {"tasks": 2, "model": 2}
+  np.testing.assert_allclose(means(split), means(one), rtol=1e-5)
+  like = exp.learner.init(exp.params, key=jax.random.key(0))
+  ckpt = mj.Checkpointer(str(tmp_path / "split" / "checkpoints"))
+  state, _, _ = ckpt.restore(like)
+  kernel = max(jax.tree.leaves(state.params), key=lambda x: x.size)  # the 64x64 hidden layer
+  assert kernel.shape == (64, 64) and kernel.addressable_shards[0].data.shape == (32, 64)
+  values = []
+  for devices in (4, 1):  # the same checkpoint, replicated on 4 devices and on 1
+    other = run(None, devices, 1)
+    restored, _, _ = ckpt.restore(other.learner.init(other.params, key=jax.random.key(0)))
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(restored.params))
+    values.append(jax.device_get(restored.params))
+  for a, b, c in zip(*(jax.tree.leaves(t) for t in (values[0], values[1],
+                                                    jax.device_get(state.params)))):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)

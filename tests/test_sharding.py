@@ -51,6 +51,62 @@ def test_the_sharded_meta_step_equals_the_single_device_step(algorithm):
                b.params, a.params)
 
 
+def test_param_spec_splits_large_arrays_over_the_model_axis_along_a_divisible_dimension():
+  mesh = mj.task_mesh(model=2)
+  assert mesh.shape == {"tasks": 2, "model": 2}
+  spec = lambda shape: tuple(mj.param_spec(shape, mesh))
+  assert spec((384, 1536)) == (None, "model")  # the largest dimension
+  assert spec((1537, 384)) == (None, "model")  # the largest that 2 divides
+  assert spec((64, 64)) == ("model",)          # the first of equals
+  assert spec((63, 65)) == ()                  # none divides: replicated
+  assert spec((384,)) == ()                    # small (< MIN_SHARDED_SIZE elements): replicated
+  assert spec(()) == ()
+  assert tuple(mj.param_spec((384, 1536), mj.task_mesh())) == ()  # no "model" axis
+  with pytest.raises(ValueError, match="model=3 does not divide the 4 devices"):
+    mj.task_mesh(model=3)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_a_model_axis_splits_the_parameters_and_moments_and_gives_the_same_step(algorithm):
+  """2 task shards x 2 model shards: every 64x64 kernel and its Adam moments live half on each
+  device of a model pair, stay so after the steps, and the steps equal one device's."""
+  family = mj.tasks.sinusoid.family(5, 5)
+  model = mj.compose(mj.mlp((64, 64)), mj.linear_head(1))
+  params = model.init(jax.random.key(0), jnp.zeros((5, 1)))
+  loss_fn = mj.supervised(model.apply, mj.mse)
+  kw = dict(algorithm=algorithm, inner_steps=2, inner_lr=0.05, meta_batch_size=TASKS,
+            sample=family.sample)
+  one = mj.meta_learner(loss_fn, optax.adam(1e-2), **kw)
+  mesh = mj.task_mesh(model=2)
+  split = mj.meta_learner(loss_fn, optax.adam(1e-2), mesh=mesh, **kw)
+  s1, s2 = one.init(params, key=jax.random.key(1)), split.init(params, key=jax.random.key(1))
+
+  def kernels(state):
+    mu = state.opt_state[0].mu
+    return [x for tree in (state.params, mu) for x in jax.tree.leaves(tree) if x.size >= 4096]
+
+  def split_bytes(state):  # bytes of one device's share of the split arrays
+    return sum(x.addressable_shards[0].data.nbytes for x in kernels(state))
+
+  assert len(kernels(s2)) == 2  # the 64x64 kernel and its first moment (nu: see below)
+  for _ in range(3):
+    s1, m1 = one.step(s1)
+    s2, m2 = split.step(s2)
+    for x in kernels(s2):
+      assert x.addressable_shards[0].data.shape == (32, 64)
+      assert x.sharding.spec == jax.sharding.PartitionSpec("model")
+  assert split_bytes(s2) == sum(x.nbytes for x in kernels(s2)) // 2
+  nu = [x for x in jax.tree.leaves(s2.opt_state[0].nu) if x.size >= 4096]
+  assert [x.sharding.spec for x in nu] == [jax.sharding.PartitionSpec("model")]
+  np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+               s2.params, s1.params)
+  # The compiled step's inputs per device: the split arrays count half.
+  sizes = [jax.jit(lambda s: lrn.step(s)).lower(s).compile().memory_analysis()
+           .argument_size_in_bytes for lrn, s in ((one, s1), (split, s2))]
+  assert sizes[0] - sizes[1] == 3 * 64 * 64 * 4 // 2  # kernel, mu, nu: half of each
+
+
 def test_a_meta_batch_that_does_not_divide_over_the_devices_is_a_clear_error():
   family, loss_fn, _ = problem()
   with pytest.raises(ValueError, match=r"meta_batch_size=6 does not divide over the 4 devices.*"
@@ -87,16 +143,17 @@ def test_the_sharded_multitask_step_equals_the_single_device_step(method):
     return jnp.mean((jnp.tanh(bx @ p["shared"]["w"]) @ p["head"]["v"] - by) ** 2)
 
   out = []
-  for mesh in (None, mj.task_mesh()):
+  for mesh in (None, mj.task_mesh(), mj.task_mesh(model=2)):
     trainer = mj.mtl.multitask_trainer(loss_fn, optax.adam(1e-2), mj.mtl.get(method),
                                        num_tasks=4, mesh=mesh)
     state = trainer.init(params, key=jax.random.key(1))
     for _ in range(3):
       state, metrics = trainer.step(state, (x, y))
     out.append((state.params, metrics["task_losses"]))
-  np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
-               out[1][0], out[0][0])
+  for params, losses in out[1:]:
+    np.testing.assert_allclose(losses, out[0][1], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                 params, out[0][0])
   with pytest.raises(ValueError, match="num_tasks=3 does not divide"):
     mj.mtl.multitask_trainer(loss_fn, optax.adam(1e-2), mj.mtl.get(method), num_tasks=3,
                              mesh=mj.task_mesh())

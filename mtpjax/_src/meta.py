@@ -248,9 +248,10 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       roles that do not adapt (a cache of an adapting role would be stale: that is an error),
       and gradients reach the meta-learned roles through it.
     mesh: optional device mesh with a "tasks" axis (mj.task_mesh()): the meta-batch is split
-      over its devices and the state replicated, in one jitted step; the same seed gives the
-      same tasks and (to float rounding) the same step on any device count. meta_batch_size
-      must divide over the axis.
+      over its devices and the state replicated (on a second axis "model",
+      `mj.task_mesh(model=M)`, large arrays are split over it instead), in one jitted step;
+      the same seed gives the same tasks and (to float rounding) the same step on any device
+      count. meta_batch_size must divide over the "tasks" axis.
 
   >>> learner = meta_learner(loss_fn, optax.adam(1e-3), sample=family.sample)  # doctest: +SKIP
   >>> state = learner.init(params, key=jax.random.key(0))                      # doctest: +SKIP
@@ -370,8 +371,10 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     outer_params, frozen, grads, metrics = meta_grads(state.params, tasks)
     updates, opt_state = optimizer.update(grads, state.opt_state, outer_params)
     outer_params = optax.apply_updates(outer_params, updates)
-    new_state = MetaState(state.step + 1, {**frozen, **outer_params}, opt_state, state.key)
-    return new_state, metrics
+    # On a "model" axis the updated parameters and moments stay split as they came in.
+    params, opt_state = sharding_lib.constrain_params(({**frozen, **outer_params}, opt_state),
+                                                      mesh)
+    return MetaState(state.step + 1, params, opt_state, state.key), metrics
 
   def run(state: MetaState, num_steps: int):
     # One executable for many steps: XLA allocates its temporaries once per call, not once per

@@ -85,8 +85,9 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       and per_task is sliced by task but not trained (a teacher's heads under a student).
     represent, head_loss: MGDA-UB's representation gradients (see the module docstring).
     mesh: a device mesh with a "tasks" axis (mj.task_mesh()): the tasks' batches are split
-      over it (num_tasks must divide over its devices), the parameters replicated; the step
-      is the same computation, partitioned by XLA.
+      over it (num_tasks must divide over its devices), the parameters replicated (or their
+      large arrays split over a second axis "model", `mj.task_mesh(model=M)`); the step is
+      the same computation, partitioned by XLA.
 
   >>> trainer = multitask_trainer(loss_fn, optax.adam(1e-3), mj.mtl.get("famo"),
   ...                             num_tasks=3)                         # doctest: +SKIP
@@ -227,6 +228,8 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     params = {**state.params, **optax.apply_updates(trainable(state.params), updates)}
     metrics = {"loss": jnp.mean(losses), "task_losses": losses, "weights": info["weights"],
                "grad_norm": optax.tree.norm(grads)}
+    # On a "model" axis the updated parameters and moments stay split as they came in.
+    params, opt_state = sharding_lib.constrain_params((params, opt_state), mesh)
     return MultiTaskState(state.step + 1, params, opt_state, bstate, state.key), metrics
 
   def run(state, num_steps):
