@@ -43,7 +43,7 @@ for m in $METHODS; do
       # inner lr 30: chosen on 40 validation episodes (2- and 5-shot) over 0.1, 3 and 30.
       prompt_tuning) extra=(--config.inner_lr=30 "${short[@]}"
                             "--config.eval_settings=('5x1','5x2','5x5','15x1')") ;;
-      episode_finetune) extra=("${short[@]}" "--config.eval_settings=('5x1',)") ;;
+      episode_finetune) extra=("${short[@]}" "--config.eval_settings=('5x1','5x2','15x1')") ;;
       *) extra=("${train[@]}") ;;
     esac
   fi

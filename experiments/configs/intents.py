@@ -72,7 +72,9 @@ METHOD_DEFAULTS = {
     "multitask": dict(num_steps=300, inner_steps=0, meta_batch_size=1, outer_lr=1e-2),
     "finetune": dict(num_steps=300, inner_steps=0, meta_batch_size=1, outer_lr=2e-5,
                      eval_inner_steps=(0,)),
-    "episode_finetune": dict(num_steps=0, eval_inner_steps=(0, 5), inner_lr=1e-3,
+    # Inner lr 1: chosen on 40 validation episodes (5-way 2-shot) over 1e-3, 1e-2, 0.1, 1 and
+    # 10 (97.1% at 0 steps; after 5 steps 97.1, 97.1, 97.2, 97.3 and 68.1%).
+    "episode_finetune": dict(num_steps=0, eval_inner_steps=(0, 5), inner_lr=1.0,
                              eval_batch_size=2),
 }
 
