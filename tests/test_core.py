@@ -361,7 +361,7 @@ def test_conv4_is_conv_norm_film_relu_maxpool_with_and_without_a_context(norm):
                                  rtol=1e-4, atol=1e-5)
 
 
-def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation_and_under_jit():
+def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation():
   data = jax.random.uniform(jax.random.key(0), (8, 4, 16, 16))
   family = mj.tasks.classification.episodes(data, ways=3, shots=1, queries=1)
   tasks = jax.vmap(family.sample)(jax.random.split(jax.random.key(1), 2))
@@ -373,10 +373,10 @@ def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation_and_under
     learner = mj.meta_learner(mj.supervised(model.apply, mj.cross_entropy), optax.sgd(0.1),
                               inner_lr=0.4, meta_batch_size=2)
     meta_loss = lambda p: jnp.mean(jax.vmap(lambda e: learner.task_loss(p, e)[0])(tasks))
+    # Under jit only: the eager/jit disagreement of speed notes row 4 came from max-pool's
+    # gradient on ties, which test_max_pool_..._even_on_ties checks both ways (an eager
+    # second-order Conv4 gradient cost this test ~30 s of op-by-op dispatch).
     grads[impl] = jax.jit(jax.grad(meta_loss))(params)
-    if impl == "im2col":  # eager against jit: the max-pool NaN was jit-only (speed notes row 4)
-      for a, b in zip(jax.tree.leaves(jax.grad(meta_loss)(params)), jax.tree.leaves(grads[impl])):
-        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
   for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["im2col"])):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
   with pytest.raises(ValueError, match="conv_impl must be one of"):
