@@ -165,3 +165,27 @@ def test_results_of_other_data_files_are_kept_on_re_evaluation(tmp_path):
   merged = common._merged_rows(str(path), new, "data")
   assert merged == [{"data": "b.jsonl", "mean": 0.2}] + new  # b kept, a replaced, c added
   assert common._merged_rows(str(tmp_path / "none.json"), new, "data") == new
+
+
+def test_a_settings_episodes_do_not_depend_on_the_other_settings_a_run_lists():
+  """The episode key is a function of (ways, shots, split) alone, so a run listing fewer
+  settings tests a setting on the same episodes as the full table (paired differences);
+  the table's five settings keep the keys of their index in it."""
+  import jax
+  key = jax.random.key(2021)
+  data = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel())
+  for i, (ways, shots) in enumerate(intents.TABLE_SETTINGS):
+    assert data(intents.episode_key(key, ways, shots, False)) == data(jax.random.fold_in(key, i))
+    assert data(intents.episode_key(key, ways, shots, True)) == data(
+        jax.random.fold_in(key, i + 1000))
+  every = {data(intents.episode_key(key, w, s, v)) for w in (2, 3, 5, 15, 20)
+           for s in (1, 2, 5, 10) for v in (False, True)}
+  assert len(every) == 5 * 4 * 2  # no two settings or splits share episodes
+
+
+def test_a_run_with_fewer_settings_draws_the_same_episodes(files, tmp_path):
+  def episodes(name, settings):
+    res = run(files, tmp_path / name, "frozen_prototypes", eval_settings=settings)
+    return [r["per_episode"] for r in res["rows"]
+            if r["split"] == "test" and r["setting"] == "3-way 1-shot"]
+  assert episodes("one", ("3x1",)) == episodes("two", ("2x1", "3x1"))
