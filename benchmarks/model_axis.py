@@ -43,7 +43,6 @@ def main():
       flags + [f"--xla_force_host_platform_device_count={args.devices}"])
 
   import jax
-  import numpy as np
   import optax
   import mtpjax as mj
   from mtpjax import prompts
@@ -53,13 +52,7 @@ def main():
 
   data_dir = args.data_dir or omniglot.default_data_dir()
   enc = mj.pretrained.load(os.path.join(data_dir, "all-MiniLM-L6-v2"))
-  rows = [json.loads(l) for l in open(os.path.join(data_dir, "clinc150.jsonl"), encoding="utf-8")]
-  rows = [r for r in rows if r["label"] >= 0 and r["split"] == "train"]
-  intents = sorted({r["intent"] for r in rows})
-  ids, _ = enc.tokenize([r["text"] for r in rows], ps.MAX_LEN)
-  family = mj.tasks.text.episodes(ids, np.array([intents.index(r["intent"]) for r in rows]),
-                                  ways=ps.WAYS, shots=ps.SHOTS, queries=ps.QUERIES,
-                                  class_names=intents)
+  family = ps.clinc_train_family(enc, data_dir)
   model = mj.compose(enc.net(), None, prompts.static(ps.PROMPT_LEN, 384))
   head = mj.prototype_classifier(model, ps.WAYS, distance="cosine", scale=10.0)
   params = head.init(jax.random.key(0), family.sample(jax.random.key(0)).support.x)

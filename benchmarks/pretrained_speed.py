@@ -83,6 +83,17 @@ def bench_encode(enc, texts, args):
   return res
 
 
+def clinc_train_family(enc, data_dir):
+  """5-way 1-shot episodes (5 queries per class) over CLINC150's in-scope training utterances,
+  tokenized at MAX_LEN."""
+  rows = [json.loads(l) for l in open(os.path.join(data_dir, "clinc150.jsonl"), encoding="utf-8")]
+  rows = [r for r in rows if r["label"] >= 0 and r["split"] == "train"]
+  intents = sorted({r["intent"] for r in rows})
+  ids, _ = enc.tokenize([r["text"] for r in rows], MAX_LEN)
+  return mj.tasks.text.episodes(ids, np.array([intents.index(r["intent"]) for r in rows]),
+                                ways=WAYS, shots=SHOTS, queries=QUERIES, class_names=intents)
+
+
 def prompt_learner(enc, family, *, entry_layer, inner_steps, remat, prepare=True):
   model = mj.compose(enc.net(entry_layer=entry_layer), None, prompts.static(PROMPT_LEN, 384))
   head = mj.prototype_classifier(model, WAYS, distance="cosine", scale=10.0)
@@ -169,13 +180,7 @@ def main():
   if "encode" not in skip:
     result["encode"] = bench_encode(enc, clinc_texts(args.data_dir, args.sentences), args)
 
-  rows = [json.loads(l) for l in open(os.path.join(args.data_dir, "clinc150.jsonl"),
-                                      encoding="utf-8")]
-  rows = [r for r in rows if r["label"] >= 0 and r["split"] == "train"]
-  intents = sorted({r["intent"] for r in rows})
-  ids, _ = enc.tokenize([r["text"] for r in rows], MAX_LEN)
-  family = mj.tasks.text.episodes(ids, np.array([intents.index(r["intent"]) for r in rows]),
-                                  ways=WAYS, shots=SHOTS, queries=QUERIES, class_names=intents)
+  family = clinc_train_family(enc, args.data_dir)
   if "maml" not in skip:
     result["maml"] = []
     for k in (int(s) for s in args.inner_steps.split(",")):

@@ -56,6 +56,8 @@ ALGORITHMS = {
 FEATURES = {m: "lower" for m in PROMPT_METHODS}
 FEATURES.update(frozen_prototypes="embedding", frozen_logreg="embedding",
                 finetune="embedding", episode_finetune="ids")
+STATIC_PROMPT_METHODS = ("prompt_tuning", "maml", "fomaml", "reptile", "metasgd", "prompt_pool",
+                         "average", "multitask")
 VAL_SEED_OFFSET = 1
 # A setting's episodes depend on the setting alone, never on which other settings a run lists,
 # so every method is tested on the same episodes (paired differences). The table's five
@@ -70,8 +72,6 @@ def episode_key(eval_key, ways: int, shots: int, val: bool):
                               + (VAL_SEED_OFFSET * 1000 if val else 0))
   base = jax.random.fold_in(eval_key, 10**6 + (VAL_SEED_OFFSET if val else 0))
   return jax.random.fold_in(base, 1000 * ways + shots)
-STATIC_PROMPT_METHODS = ("prompt_tuning", "maml", "fomaml", "reptile", "metasgd", "prompt_pool",
-                         "average", "multitask")
 
 
 class Split(NamedTuple):

@@ -331,7 +331,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     outer, _ = adapt_lib.split_roles(params, outer)
     state = MetaState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(outer), key=jax.random.clone(key))
-    return state if mesh is None else sharding_lib.replicate(state, mesh)
+    return state if mesh is None else sharding_lib.place(state, mesh)
 
   def meta_grads(params, tasks):
     outer_params, frozen = adapt_lib.split_roles(params, outer_roles(algo, params))

@@ -151,7 +151,7 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     state = MultiTaskState(jnp.zeros((), jnp.int32), params, optimizer.init(trainable(params)),
                            jax.tree.map(jnp.copy, balancer.init(num_tasks)),
                            jax.random.clone(key))
-    return state if mesh is None else sharding_lib.replicate(state, mesh)
+    return state if mesh is None else sharding_lib.place(state, mesh)
 
   def task_loss(t, params, batches, fz):
     """Task t's loss; in the mixed layout, the mean of its examples' losses."""

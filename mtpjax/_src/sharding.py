@@ -14,7 +14,7 @@ gradients and their optimizer moments agree.
 
 The same code runs on several processes (hosts): `initialize_from_env` starts
 jax.distributed from a launch's environment, `mesh_from_env` is the experiments' mesh, and
-`replicate` / `local_copy` move replicated state between one process's arrays and global ones.
+`place` / `local_copy` move the state between one process's arrays and global ones.
 """
 
 import os
@@ -106,9 +106,10 @@ def split_tasks(tree, mesh: jax.sharding.Mesh):
   return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
 
-def replicate(tree, mesh: jax.sharding.Mesh):
-  """Places every array of `tree` on every device of the mesh (the meta-parameters); on a
-  mesh with a "model" axis, large arrays are split over it instead (`param_spec`).
+def place(tree, mesh: jax.sharding.Mesh):
+  """Places every array of `tree` (the state: parameters, optimizer state, key) on the mesh:
+  replicated on every device, or, on a mesh with a "model" axis, large arrays split over it
+  (`param_spec`).
 
   On several processes each one holds the same values (the same seed built them) and places
   its copy (or its devices' slices) on its own devices, which make one global array.
