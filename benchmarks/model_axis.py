@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from experiments._lib import env
 
 
 def main():
@@ -46,11 +47,10 @@ def main():
   import optax
   import mtpjax as mj
   from mtpjax import prompts
-  from mtpjax.tasks import omniglot
-  from experiments.common import compile_timer
+  from experiments._lib import compile_timer
   from benchmarks import pretrained_speed as ps
 
-  data_dir = args.data_dir or omniglot.default_data_dir()
+  data_dir = args.data_dir or env.data_dir()
   enc = mj.pretrained.load(os.path.join(data_dir, "all-MiniLM-L6-v2"))
   family = ps.clinc_train_family(enc, data_dir)
   model = mj.compose(enc.net(), None, prompts.static(ps.PROMPT_LEN, 384))

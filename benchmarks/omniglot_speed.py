@@ -41,7 +41,8 @@ import numpy as np
 import optax
 
 from benchmarks import script_steps_per_sec
-from experiments.common import apply_xla_flags, compile_timer
+from experiments._lib import compile_timer
+from experiments._lib.env import apply_xla_flags
 from experiments.configs.omniglot import default_xla_flags
 import mtpjax as mj
 

@@ -34,10 +34,10 @@ import jax
 import numpy as np
 import optax
 
-from experiments.common import compile_timer
+from experiments._lib import compile_timer
 import mtpjax as mj
 from mtpjax import prompts
-from mtpjax.tasks import omniglot
+from experiments._lib import env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAYS, SHOTS, QUERIES, PROMPT_LEN, META_BATCH, MAX_LEN = 5, 1, 5, 8, 4, 32
@@ -158,7 +158,7 @@ def main():
   parser.add_argument("--markdown", default=None,
                       help="print the README tables of this pretrained_speed.json and exit")
   parser.add_argument("--peer_python", default=None)
-  parser.add_argument("--data_dir", default=omniglot.default_data_dir())
+  parser.add_argument("--data_dir", default=env.data_dir())
   parser.add_argument("--sentences", type=int, default=4000)
   parser.add_argument("--batch_size", type=int, default=mj.pretrained.ENCODE_BATCH)
   parser.add_argument("--threads", type=int, default=os.cpu_count())

@@ -59,7 +59,7 @@ def build(meta_batch, inner_steps, *, first_order=False, remat=False, mesh=None)
 
 def measure(learner, state, *, steps_per_call, calls, run_it=True):
   import jax
-  from experiments.common import compile_timer
+  from experiments._lib import compile_timer
 
   with compile_timer() as compiled:
     exe = jax.jit(lambda s: learner.step(s)).lower(state).compile()

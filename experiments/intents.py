@@ -22,42 +22,20 @@ import numpy as np
 import optax
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments.configs import intents as config_lib
 from mtpjax import prompts
-from mtpjax._src import meta as meta_lib
+
 from mtpjax.tasks import text as text_tasks
-from mtpjax.tasks.omniglot import default_data_dir
+from experiments._lib import env
 
 P, PS, H, S = mj.PROMPT, mj.PROMPT_SHARED, mj.HEAD, mj.SHARED
-PROMPT_METHODS = ("prompt_tuning", "maml", "fomaml", "reptile", "metasgd", "prompt_pool",
-                  "generated", "generated_maml", "average", "multitask")
-# How each method adapts per episode (evaluation) and, if it is meta-trained, what it learns.
-ALGORITHMS = {
-    "frozen_prototypes": mj.get_algorithm("maml", fast=(S,)),  # 0 steps: nothing adapts
-    "frozen_logreg": mj.get_algorithm("anil"),
-    "prompt_tuning": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
-    "maml": mj.get_algorithm("maml", fast=(P,), outer=(P,)),
-    "fomaml": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
-    "reptile": mj.get_algorithm("reptile", fast=(P,), outer=(P,)),
-    "metasgd": mj.get_algorithm("metasgd", fast=(P,), outer=(P,)),
-    "prompt_pool": mj.get_algorithm("fomaml", fast=(P,), outer=(P, PS)),
-    # The generated prompt's task part is an offset of its support-set representation: zero
-    # for every task, adapted by the inner loop; the generator is what is meta-learned.
-    "generated": mj.get_algorithm("maml", fast=(P,), outer=(PS,), reset=(P,)),
-    "generated_maml": mj.get_algorithm("maml", fast=(P,), outer=(PS,), reset=(P,)),
-    "average": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
-    "multitask": mj.get_algorithm("fomaml", fast=(P,), outer=(P,)),
-    "finetune": mj.get_algorithm("maml", fast=(S,)),
-    "episode_finetune": mj.get_algorithm("fomaml", fast=(S,)),
-}
-# What an episode's x carries beyond the ids: the hidden states below a late prompt, the
-# final embeddings (nothing in the encoder adapts), or nothing (the encoder adapts).
-FEATURES = {m: "lower" for m in PROMPT_METHODS}
-FEATURES.update(frozen_prototypes="embedding", frozen_logreg="embedding",
-                finetune="embedding", episode_finetune="ids")
-STATIC_PROMPT_METHODS = ("prompt_tuning", "maml", "fomaml", "reptile", "metasgd", "prompt_pool",
-                         "average", "multitask")
+# The method records (experiments/configs/intents.py) as the tables build reads.
+METHODS = config_lib.METHODS
+PROMPT_METHODS = tuple(m for m, r in METHODS.items() if r.prompt is not None)
+ALGORITHMS = {m: r.algorithm for m, r in METHODS.items()}
+FEATURES = {m: r.features for m, r in METHODS.items()}
+STATIC_PROMPT_METHODS = tuple(m for m, r in METHODS.items() if r.task_independent_prompt)
 VAL_SEED_OFFSET = 1
 # A setting's episodes depend on the setting alone, never on which other settings a run lists,
 # so every method is tested on the same episodes (paired differences). The table's five
@@ -92,7 +70,7 @@ def check_domains(config, textset) -> dict:
 
 
 def load_splits(config, enc) -> dict:
-  path = config.data or os.path.join(default_data_dir(), "clinc150.jsonl")
+  path = config.data or env.data_file("clinc150.jsonl")
   config.data = path
   with warnings.catch_warnings():  # out-of-scope utterances are left out by design
     warnings.filterwarnings("ignore", message="load_jsonl: left out")
@@ -207,8 +185,8 @@ def check_method_fields(config):
     raise ValueError(f"config.prompt must be 'tokens' or 'prefix', got {config.prompt!r}")
   if config.prompt_init not in ("random", "vocab"):
     raise ValueError(f"config.prompt_init must be 'random' or 'vocab', got {config.prompt_init!r}")
-  if config.prompt_init == "vocab" and (config.prompt == "prefix" or config.method not in (
-      "prompt_tuning", "maml", "fomaml", "reptile", "metasgd")):
+  if config.prompt_init == "vocab" and (config.prompt == "prefix" or
+                                        not METHODS[config.method].vocab_init):
     raise ValueError("config.prompt_init='vocab' initialises static prompt tokens "
                      "(config.prompt='tokens' with prompt_tuning, maml, fomaml, reptile or "
                      f"metasgd), not {config.prompt!r} with {config.method!r}")
@@ -219,10 +197,10 @@ def check_method_fields(config):
   if not config.scale > 0 or not config.logreg_c > 0:
     raise ValueError(f"config.scale and config.logreg_c must be > 0, got {config.scale}, "
                      f"{config.logreg_c}")
-  if config.method == "generated" and config.inner_steps:
+  if not METHODS[config.method].inner_loop and config.inner_steps:
     raise ValueError("config.method='generated' has no inner loop (inner_steps=0); "
                      "'generated_maml' refines the generated prompt")
-  if config.num_steps and config.method in config_lib.NO_META_TRAINING + ("average",):
+  if config.num_steps and not METHODS[config.method].meta_trained:
     raise ValueError(f"config.num_steps must be 0 for method {config.method!r}: it has no "
                      f"meta-training loop" + (" (its prompts train per domain for "
                      "config.supervised_steps)" if config.method == "average" else ""))
@@ -230,12 +208,12 @@ def check_method_fields(config):
     raise ValueError("reptile needs config.inner_steps >= 1")
 
 
-def build(config, optimizer) -> common.Experiment:
+def build(config, optimizer) -> _lib.Experiment:
   t_build = time.perf_counter()
   check_method_fields(config)
-  settings = common.parse_settings(config.eval_settings)
+  settings = _lib.parse_settings(config.eval_settings)
   method = config.method
-  encoder_path = config.encoder or os.path.join(default_data_dir(), "all-MiniLM-L6-v2")
+  encoder_path = config.encoder or env.data_file("all-MiniLM-L6-v2")
   enc = mj.pretrained.load(encoder_path)
   depth = enc.config.num_hidden_layers
   if isinstance(config.entry_layer, bool) or not 0 <= config.entry_layer < depth:
@@ -331,13 +309,13 @@ def build(config, optimizer) -> common.Experiment:
                       config.queries, f"{config.ways}-way {config.shots}-shot").sample
     # The episodic meta-training splits its meta-batch over the devices (the supervised rows
     # above draw one batch a step: they run on one device).
-    mesh = (mj.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
+    mesh = (env.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
             if config.num_steps > 0 else None)
     learner = learner_for(config.ways, sample, mesh)
     if config.num_steps > 0:
       state = learner.init(params, key=key)
       facts["meta_trained_parameters"] = count(
-          {r: state.params[r] for r in meta_lib.outer_roles(algo, state.params)})
+          {r: state.params[r] for r in mj.meta.outer_roles(algo, state.params)})
   facts.setdefault("meta_trained_parameters", 0)
   eval_steps = tuple(sorted(set(int(s) for s in config.eval_inner_steps)))
   if max(eval_steps) == 0 or method == "frozen_prototypes":
@@ -345,7 +323,7 @@ def build(config, optimizer) -> common.Experiment:
   elif method == "frozen_logreg":
     facts["adapted_parameters"] = {f"{w}-way": (d + 1) * w for w, _ in settings}
   else:
-    fast = meta_lib.fast_roles(algo, params)
+    fast = mj.meta.fast_roles(algo, params)
     facts["adapted_parameters"] = count({r: params[r] for r in fast})
   facts["build_seconds"] = time.perf_counter() - t_build
 
@@ -434,7 +412,7 @@ def build(config, optimizer) -> common.Experiment:
       split = splits[name]
       results = val if name == "val" else run_split(p, name, shared)
       for setting, (res, _) in results.items():
-        for row in common.eval_rows(res, metric_names={"accuracy": "accuracy"}, setting=setting):
+        for row in _lib.eval_rows(res, metric_names={"accuracy": "accuracy"}, setting=setting):
           row.update(method=method, data=split.data, split=split.kind,
                      selected=row["inner_steps"] == selected.get(setting))
           if split.kind == "test":  # every method sees the same episodes: paired comparisons
@@ -447,7 +425,7 @@ def build(config, optimizer) -> common.Experiment:
   def plot(workdir, p, history, extras):
     return make_plots(workdir, config, history, extras)
 
-  return common.Experiment(f"intents {method}", learner, params, evaluate, plot,
+  return _lib.Experiment(f"intents {method}", learner, params, evaluate, plot,
                            merge_by="data", facts=facts, mesh=mesh)
 
 
@@ -487,7 +465,7 @@ def make_plots(workdir, config, history, extras):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  paths = common.plot_training_curve(workdir, history, metric="cross-entropy",
+  paths = _lib.plot_training_curve(workdir, history, metric="cross-entropy",
                                      title=f"intents, {config.method}")
   if "test" not in extras:
     return paths
@@ -500,9 +478,9 @@ def make_plots(workdir, config, history, extras):
   ax.set(xlabel="inner steps per episode", ylabel="test accuracy (%)",
          title=f"{config.method}: {config.eval_tasks} test episodes per setting, 95% CI")
   ax.legend(fontsize=7)
-  paths.append(common.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
+  paths.append(_lib.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
   return paths
 
 
 if __name__ == "__main__":
-  common.main(config_lib.get_config(), config_lib.resolve, build, config_lib.METHODS)
+  _lib.main(config_lib.get_config(), config_lib.resolve, build, config_lib.METHODS)

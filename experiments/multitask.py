@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments.configs import multitask as config_lib
+from experiments._lib import env
 
 NUM_TASKS = 2
 SPLIT_SEED_OFFSET = {"train": 1, "val": 2, "test": 3}  # one weights key, one data key per split
@@ -35,7 +36,7 @@ def data(config):
       for split, off in SPLIT_SEED_OFFSET.items()}
 
 
-def build(config, optimizer) -> common.Experiment:
+def build(config, optimizer) -> _lib.Experiment:
   model = build_model(config)
   sets = data(config)
   train = sets["train"]
@@ -58,7 +59,7 @@ def build(config, optimizer) -> common.Experiment:
     x = jnp.broadcast_to(train.x[idx], (NUM_TASKS, config.batch_size, config.dim))
     return x, train.y[:, idx]                                   # [T, b, d], [T, b]
 
-  mesh = mj.mesh_from_env(NUM_TASKS, "the task count")
+  mesh = env.mesh_from_env(NUM_TASKS, "the task count")
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=NUM_TASKS,
                                      per_task=per_task, sample=sample, mesh=mesh)
 
@@ -87,7 +88,7 @@ def build(config, optimizer) -> common.Experiment:
     del params, extras
     return make_plots(workdir, config, history)
 
-  return common.Experiment("multitask_synthetic", trainer, params, evaluate, plot, mesh=mesh,
+  return _lib.Experiment("multitask_synthetic", trainer, params, evaluate, plot, mesh=mesh,
                            facts=facts)
 
 
@@ -107,10 +108,10 @@ def make_plots(workdir, config, history):
     ax.set(xlabel="step", ylabel=label, yscale="log" if key == "task_losses" else "linear",
            title=f"{config.method}, {config.arch}, correlation {config.correlation}")
     ax.legend()
-    paths.append(common.save_figure(fig, workdir, name))
+    paths.append(_lib.save_figure(fig, workdir, name))
   return paths
 
 
 if __name__ == "__main__":
-  common.main(config_lib.get_config(), config_lib.resolve, build,
+  _lib.main(config_lib.get_config(), config_lib.resolve, build,
               algorithms=config_lib.METHODS, meta=False)

@@ -6,7 +6,6 @@ a frozen encoder, any balancing method; then aggregation to held-out domains and
 See experiments/configs/multitask_intents.py for the protocol and every field.
 """
 
-import os
 import sys
 import warnings
 
@@ -16,17 +15,17 @@ import numpy as np
 import optax
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments.configs import common as config_common
 from experiments.configs import multitask_intents as config_lib
 from mtpjax.tasks import text as text_tasks
-from mtpjax.tasks.omniglot import default_data_dir
+from experiments._lib import env
 
 S, H, P, PS = mj.SHARED, mj.HEAD, mj.PROMPT, mj.PROMPT_SHARED
 
 
 def load_sets(config) -> dict:
-  path = config.data or os.path.join(default_data_dir(), "clinc150.jsonl")
+  path = config.data or env.data_file("clinc150.jsonl")
   with warnings.catch_warnings():  # out-of-scope utterances are left out by design
     warnings.filterwarnings("ignore", message="load_jsonl: left out")
     return {s: text_tasks.load_jsonl(path, splits=(s,)) for s in ("train", "val", "test")}
@@ -63,8 +62,8 @@ class Featurizer:
     return {"ids": ids, "lower": lower}
 
 
-def build(config, optimizer) -> common.Experiment:
-  encoder_path = config.encoder or os.path.join(default_data_dir(), "all-MiniLM-L6-v2")
+def build(config, optimizer) -> _lib.Experiment:
+  encoder_path = config.encoder or env.data_file("all-MiniLM-L6-v2")
   enc = mj.pretrained.load(encoder_path)
   depth, d = enc.config.num_hidden_layers, enc.config.hidden_size
   if not 0 < config.entry_layer < depth:
@@ -132,7 +131,7 @@ def build(config, optimizer) -> common.Experiment:
 
   balancer = mj.mtl.get("equal" if single else config.method,
                         **config_common.parse_hyperparameters(config.hyperparameters))
-  mesh = mj.mesh_from_env(T, "the number of training domains")
+  mesh = env.mesh_from_env(T, "the number of training domains")
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
                                      per_task=per_task, frozen=(S,), sample=sample, mesh=mesh)
   predict = jax.jit(model.apply)
@@ -236,10 +235,10 @@ def build(config, optimizer) -> common.Experiment:
   facts = {"domains": tasks, "heldout_domains": list(config.heldout_domains),
            "trained_parameters": count({r: v for r, v in params.items() if r != S}),
            "train_utterances_per_domain": int(n_train)}
-  return common.Experiment("multitask_intents", trainer, params, evaluate, None, facts=facts,
+  return _lib.Experiment("multitask_intents", trainer, params, evaluate, None, facts=facts,
                            mesh=mesh)
 
 
 if __name__ == "__main__":
-  common.main(config_lib.get_config(), config_lib.resolve, build,
+  _lib.main(config_lib.get_config(), config_lib.resolve, build,
               algorithms=config_lib.METHODS, meta=False)

@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments.configs import common as config_common
 from experiments.configs import multitask_omniglot as config_lib
 from mtpjax.tasks import omniglot
+from experiments._lib import env
 
 S, H, P = mj.SHARED, mj.HEAD, mj.PROMPT
 
@@ -33,8 +34,8 @@ def alphabets(config, data) -> list:
   return background[:config.num_alphabets]
 
 
-def build(config, optimizer) -> common.Experiment:
-  data = omniglot.load_npz(config.data or None)
+def build(config, optimizer) -> _lib.Experiment:
+  data = omniglot.load_npz(config.data or env.data_file(omniglot.NPZ_NAME))
   names = alphabets(config, data)
   T = len(names)
   chars = [np.flatnonzero(data["alphabet"] == a) for a in names]
@@ -87,7 +88,7 @@ def build(config, optimizer) -> common.Experiment:
 
   balancer = mj.mtl.get("equal" if single else config.method,
                         **config_common.parse_hyperparameters(config.hyperparameters))
-  mesh = mj.mesh_from_env(T, "config.alphabets")
+  mesh = env.mesh_from_env(T, "config.alphabets")
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
                                      per_task=per_task, sample=sample, mesh=mesh)
   predict = jax.jit(lambda p, x, m: jnp.argmax(logits_of(p, x, m), -1))
@@ -105,10 +106,10 @@ def build(config, optimizer) -> common.Experiment:
 
   facts = {"alphabets": names, "characters": [len(c) for c in chars],
            "parameters": int(sum(a.size for a in jax.tree.leaves(params)))}
-  return common.Experiment("multitask_omniglot", trainer, params, evaluate, None, facts=facts,
+  return _lib.Experiment("multitask_omniglot", trainer, params, evaluate, None, facts=facts,
                            mesh=mesh)
 
 
 if __name__ == "__main__":
-  common.main(config_lib.get_config(), config_lib.resolve, build,
+  _lib.main(config_lib.get_config(), config_lib.resolve, build,
               algorithms=config_lib.METHODS, meta=False)

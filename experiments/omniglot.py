@@ -12,14 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments.configs import omniglot as config_lib
+from experiments._lib import env
 
 EVAL_SEED_OFFSET = 10_007  # test episodes come from their own key, never from training's
 
 
 def load_split(config):
-  data = mj.tasks.omniglot.load_npz(config.data_path)
+  data = mj.tasks.omniglot.load_npz(config.data_path or env.data_file(mj.tasks.omniglot.NPZ_NAME))
   n = data["images"].shape[0]
   if not 0 < config.num_train_characters < n:
     raise ValueError(f"config.num_train_characters={config.num_train_characters} must be in "
@@ -45,12 +46,12 @@ def build_model(config):
   return mj.compose(backbone, mj.linear_head(config.ways), prompt)
 
 
-def build(config, optimizer) -> common.Experiment:
+def build(config, optimizer) -> _lib.Experiment:
   for name in ("ways", "shots", "train_queries", "eval_queries", "eval_batch_size"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}")
   train, test, _ = load_split(config)
-  settings = common.parse_settings(config.eval_settings, test.shape[0])
+  settings = _lib.parse_settings(config.eval_settings, test.shape[0])
   if config.algorithm != "protonet" and any(w != config.ways for w, _ in settings):
     raise ValueError(f"config.eval_settings {list(config.eval_settings)}: a {config.ways}-way "
                      f"model (config.ways) has a {config.ways}-way head and can only be tested "
@@ -74,7 +75,7 @@ def build(config, optimizer) -> common.Experiment:
       algorithm = mj.get_algorithm(config.algorithm, reset=(mj.HEAD,))
     except ValueError as e:
       raise ValueError(f"config.zero_head with algorithm {config.algorithm!r}: {e}") from None
-  mesh = mj.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
+  mesh = env.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
   learner = mj.meta_learner(loss_fn, optimizer, algorithm=algorithm,
                             inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                             meta_batch_size=config.meta_batch_size, sample=family.sample,
@@ -103,7 +104,7 @@ def build(config, optimizer) -> common.Experiment:
                         num_tasks=config.eval_tasks, inner_steps=eval_steps,
                         metrics={"accuracy": af, "loss": lf}, batch_size=config.eval_batch_size)
       setting = f"{ways}-way {shots}-shot"
-      rows += common.eval_rows(res, metric_names={"accuracy": "accuracy", "loss": "loss"},
+      rows += _lib.eval_rows(res, metric_names={"accuracy": "accuracy", "loss": "loss"},
                                setting=setting)
       results[setting] = res
     return rows, results
@@ -113,7 +114,7 @@ def build(config, optimizer) -> common.Experiment:
                       history, results, eval_key, protonet)
 
   name = f"omniglot {config.ways}-way {config.shots}-shot"
-  return common.Experiment(name, learner, params, evaluate, plot, mesh=mesh)
+  return _lib.Experiment(name, learner, params, evaluate, plot, mesh=mesh)
 
 
 def make_plots(workdir, config, model, learner, test_family, shown, params, history, results,
@@ -124,7 +125,7 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
 
   # The run's name in titles; a norm other than the default is part of it (as in the table).
   name = config.algorithm + ("" if config.norm == "group" else f", norm={config.norm}")
-  paths = common.plot_training_curve(
+  paths = _lib.plot_training_curve(
       workdir, history, metric="cross-entropy",
       title=f"Omniglot {config.ways}-way {config.shots}-shot, {name}")
   # 2. Accuracy against inner steps, one line per test setting, with the 95% interval.
@@ -138,7 +139,7 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
          ylabel="test accuracy (%)",
          title=f"{name}\n{config.eval_tasks} test episodes per setting, 95% CI")
   ax.legend()
-  paths.append(common.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
+  paths.append(_lib.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
 
   # 3. One test episode: its support images, and its query images with the predictions.
   ways, shots = shown  # the episode shown: (ways, shots) of the first test setting
@@ -172,9 +173,9 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
   fig.suptitle(f"{name}, {ways}-way {shots}-shot, {steps} inner steps: support "
                f"(left) and queries with predictions (right); episode accuracy {100 * acc:.0f}%",
                fontsize=8)
-  paths.append(common.save_figure(fig, workdir, "episode_predictions.png"))
+  paths.append(_lib.save_figure(fig, workdir, "episode_predictions.png"))
   return paths
 
 
 if __name__ == "__main__":
-  common.main(config_lib.get_config(), config_lib.resolve, build, config_lib.ALGORITHMS)
+  _lib.main(config_lib.get_config(), config_lib.resolve, build, config_lib.ALGORITHMS)

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments.configs import sinusoid as config_lib
+from experiments._lib import env
 
 EVAL_SEED_OFFSET = 10_007  # evaluation tasks are drawn from their own key, never from training's
 
@@ -30,7 +31,7 @@ def build_model(config):
   return mj.compose(backbone, mj.linear_head(1, kernel_init=config.kernel_init), prompt)
 
 
-def build(config, optimizer) -> common.Experiment:
+def build(config, optimizer) -> _lib.Experiment:
   if config.shots <= 0 or config.train_queries <= 0 or config.eval_queries <= 0:
     raise ValueError("config.shots, config.train_queries and config.eval_queries must be > 0, got "
                      f"{config.shots}, {config.train_queries}, {config.eval_queries}")
@@ -39,7 +40,7 @@ def build(config, optimizer) -> common.Experiment:
   model = build_model(config)
   params = model.init(jax.random.key(config.seed), jnp.zeros((config.shots, 1)))
   loss_fn = mj.supervised(model.apply, mj.mse)
-  mesh = mj.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
+  mesh = env.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
   learner = mj.meta_learner(loss_fn, optimizer, algorithm=config.algorithm,
                             inner_steps=config.inner_steps, inner_lr=config.inner_lr,
                             meta_batch_size=config.meta_batch_size, sample=train.sample,
@@ -49,13 +50,13 @@ def build(config, optimizer) -> common.Experiment:
   def evaluate(params):
     res = mj.evaluate(learner, params, test.sample, key=eval_key, num_tasks=config.eval_tasks,
                       inner_steps=config.eval_inner_steps)
-    rows = common.eval_rows(res, metric_names={"loss": "mse"}, setting=f"{config.shots}-shot")
+    rows = _lib.eval_rows(res, metric_names={"loss": "mse"}, setting=f"{config.shots}-shot")
     return rows, res
 
   def plot(workdir, params, history, res):
     return make_plots(workdir, config, model, learner, test, params, history, res, eval_key)
 
-  return common.Experiment("sinusoid", learner, params, evaluate, plot, mesh=mesh)
+  return _lib.Experiment("sinusoid", learner, params, evaluate, plot, mesh=mesh)
 
 
 def make_plots(workdir, config, model, learner, test, params, history, res, eval_key):
@@ -63,7 +64,7 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  paths = common.plot_training_curve(
+  paths = _lib.plot_training_curve(
       workdir, history, metric="MSE",
       title=f"sinusoid {config.shots}-shot, {config.algorithm}: meta-training")
   # 2. MSE against inner steps, with the 95% interval.
@@ -74,7 +75,7 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
   ax.fill_between(xs, mean - ci, mean + ci, alpha=0.3)
   ax.set(xlabel="inner gradient steps", ylabel="query MSE", yscale="log",
          title=f"{config.algorithm}, {config.shots}-shot: {res.per_task['loss'].shape[0]} test tasks")
-  paths.append(common.save_figure(fig, workdir, "mse_vs_inner_steps.png"))
+  paths.append(_lib.save_figure(fig, workdir, "mse_vs_inner_steps.png"))
 
   # 3. Fitted curves before and after adaptation (MAML's Figure 2), on the first test tasks.
   grid = jnp.linspace(-5.0, 5.0, 200)[:, None]
@@ -94,9 +95,9 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
     ax.set_title(f"A={float(amp):.2f}, phase={float(phase):.2f}")
   axes[0][0].legend(fontsize=7)
   fig.suptitle(f"{config.algorithm}: fits after adapting on {config.shots} points")
-  paths.append(common.save_figure(fig, workdir, "fits.png"))
+  paths.append(_lib.save_figure(fig, workdir, "fits.png"))
   return paths
 
 
 if __name__ == "__main__":
-  common.main(config_lib.get_config(), config_lib.resolve, build)
+  _lib.main(config_lib.get_config(), config_lib.resolve, build)

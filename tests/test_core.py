@@ -239,7 +239,7 @@ def test_conv4_film_context():
 
 @pytest.mark.parametrize("impl", ["im2col", "taps"])
 def test_conv3x3_implementations_agree_with_xla_in_value_gradient_and_under_vmap(impl):
-  from mtpjax._src import nets
+  from mtpjax.nn import _conv4 as nets
   x = jax.random.normal(jax.random.key(0), (3, 2, 7, 6, 4))     # [tasks, n, H, W, C]
   k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4, 5))      # per-task kernels
   ref = lambda x, k: nets.conv3x3(x, k, "xla")
@@ -255,7 +255,7 @@ def test_conv3x3_implementations_agree_with_xla_in_value_gradient_and_under_vmap
 def test_conv3x3_auto_uses_im2col_where_it_was_measured_faster():
   # Notes rows 13 and 36: im2col beat XLA's grouped convolutions by ~18x on the CPU and 4.8x on an
   # H100 in Omniglot MAML's meta-step; TPUs keep XLA's convolution (not measured).
-  from mtpjax._src import nets
+  from mtpjax.nn import _conv4 as nets
   assert [nets.auto_conv_impl(b) for b in ("cpu", "gpu", "cuda", "tpu")] == [
       "im2col", "im2col", "im2col", "xla"]
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
@@ -267,7 +267,7 @@ def test_conv3x3_auto_uses_im2col_where_it_was_measured_faster():
 
 def test_max_pool_matches_flax_and_its_gradient_picks_one_element_per_window_even_on_ties():
   import flax.linen as nn
-  from mtpjax._src import nets
+  from mtpjax.nn import _conv4 as nets
   x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
   np.testing.assert_array_equal(nets.max_pool_2x2(x),
                                 nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
@@ -285,7 +285,7 @@ def test_max_pool_matches_flax_and_its_gradient_picks_one_element_per_window_eve
 
 def test_group_norm_matches_flax_group_norm():
   import flax.linen as nn
-  from mtpjax._src import nets
+  from mtpjax.nn import _conv4 as nets
   x = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, 6, 8)) + 1.0
   scale = jax.random.normal(jax.random.key(1), (8,))
   bias = jax.random.normal(jax.random.key(2), (8,))
@@ -297,7 +297,7 @@ def test_group_norm_matches_flax_group_norm():
 
 
 def test_affine_max_pool_is_the_pool_of_the_affine_map_at_first_and_second_order():
-  from mtpjax._src import nets
+  from mtpjax.nn import _conv4 as nets
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(0), (2, 7, 6, 4), jnp.float64)
     x = x.at[:, :4, :4, :].set(0.3)       # tied windows: one winner each, in both forms
@@ -323,7 +323,7 @@ def test_affine_max_pool_is_the_pool_of_the_affine_map_at_first_and_second_order
 @pytest.mark.parametrize("norm", ["group", "layer", "batch_transductive", "none"])
 def test_conv4_is_conv_norm_film_relu_maxpool_with_and_without_a_context(norm):
   import flax.linen as nn
-  from mtpjax._src import nets
+  from mtpjax.nn import _conv4 as nets
   x = jax.random.uniform(jax.random.key(0), (3, 16, 16))
   context = jax.random.normal(jax.random.key(1), (5,))
 

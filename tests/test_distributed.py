@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments import sinusoid
 from tests.test_experiments import ROOT, TINY, tiny_config
+from experiments._lib import env as env_lib
 
 # 8 tasks: they divide over 1, 2 and 4 devices.
 FLAGS = dict(TINY, meta_batch_size=8)
@@ -24,8 +25,8 @@ FLAGS = dict(TINY, meta_batch_size=8)
 def run_in_process(workdir, devices, monkeypatch):
   monkeypatch.setenv("MTPJAX_DEVICES", str(devices))
   config = tiny_config(meta_batch_size=8)
-  exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
-  return common.train_and_evaluate(config, str(workdir), exp), exp
+  exp = sinusoid.build(config, _lib.make_optimizer(config))._replace(plot=None)
+  return _lib.train_and_evaluate(config, str(workdir), exp), exp
 
 
 def means(results):
@@ -85,7 +86,7 @@ def test_an_experiment_on_4_devices_and_on_2_processes_gives_the_1_device_figure
   for devices in (4, 1):
     monkeypatch.setenv("MTPJAX_DEVICES", str(devices))
     config = tiny_config(meta_batch_size=8)
-    exp = sinusoid.build(config, common.make_optimizer(config))
+    exp = sinusoid.build(config, _lib.make_optimizer(config))
     like = exp.learner.init(exp.params, key=jax.random.key(0))
     state, _, step = mj.Checkpointer(str(tmp_path / "two" / "checkpoints")).restore(like)
     assert step == 40
@@ -102,28 +103,28 @@ def test_an_experiment_on_4_devices_and_on_2_processes_gives_the_1_device_figure
 def test_the_mesh_from_the_environment_and_its_clear_errors(monkeypatch):
   assert jax.device_count() == 4
   env = {}
-  assert mj.mesh_from_env(8, environ=env).shape == {"tasks": 4}
-  assert mj.mesh_from_env(8, environ={"MTPJAX_DEVICES": "2"}).shape == {"tasks": 2}
-  assert mj.mesh_from_env(3, environ={"MTPJAX_DEVICES": "1"}) is None
+  assert env_lib.mesh_from_env(8, environ=env).shape == {"tasks": 4}
+  assert env_lib.mesh_from_env(8, environ={"MTPJAX_DEVICES": "2"}).shape == {"tasks": 2}
+  assert env_lib.mesh_from_env(3, environ={"MTPJAX_DEVICES": "1"}) is None
   with pytest.raises(ValueError, match=r"config.meta_batch_size=6 does not divide over the 4 "
                                        r"devices.*e.g. 8\).*MTPJAX_DEVICES to a divisor of 6"):
-    mj.mesh_from_env(6, "config.meta_batch_size", environ=env)
+    env_lib.mesh_from_env(6, "config.meta_batch_size", environ=env)
   with pytest.raises(ValueError, match="MTPJAX_DEVICES=5: this run sees 4 device"):
-    mj.mesh_from_env(8, environ={"MTPJAX_DEVICES": "5"})
+    env_lib.mesh_from_env(8, environ={"MTPJAX_DEVICES": "5"})
   with pytest.raises(ValueError, match="MTPJAX_DEVICES must be an integer"):
-    mj.mesh_from_env(8, environ={"MTPJAX_DEVICES": "all"})
+    env_lib.mesh_from_env(8, environ={"MTPJAX_DEVICES": "all"})
   # A "model" axis: the tasks split over the other one (6 divides over 4 / 2 = 2 devices).
-  assert mj.mesh_from_env(6, environ={"MTPJAX_MODEL_SHARDS": "2"}).shape == {"tasks": 2,
+  assert env_lib.mesh_from_env(6, environ={"MTPJAX_MODEL_SHARDS": "2"}).shape == {"tasks": 2,
                                                                              "model": 2}
   with pytest.raises(ValueError, match="MTPJAX_MODEL_SHARDS=3 must be a positive divisor of "
                                        "the 4 device"):
-    mj.mesh_from_env(8, environ={"MTPJAX_MODEL_SHARDS": "3"})
+    env_lib.mesh_from_env(8, environ={"MTPJAX_MODEL_SHARDS": "3"})
   # A multi-process launch needs its three variables; none set is a single process.
-  assert mj.initialize_from_env(environ={}) is False
+  assert env_lib.initialize_from_env(environ={}) is False
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID not set"):
-    mj.initialize_from_env(environ={"JAX_COORDINATOR_ADDRESS": "localhost:1"})
+    env_lib.initialize_from_env(environ={"JAX_COORDINATOR_ADDRESS": "localhost:1"})
   with pytest.raises(ValueError, match=r"JAX_PROCESS_ID=2 must be in \[0, JAX_NUM_PROCESSES=2\)"):
-    mj.initialize_from_env(environ={"JAX_COORDINATOR_ADDRESS": "localhost:1",
+    env_lib.initialize_from_env(environ={"JAX_COORDINATOR_ADDRESS": "localhost:1",
                                     "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"})
 
 
@@ -131,7 +132,7 @@ def test_an_experiment_whose_meta_batch_does_not_divide_fails_before_compiling(m
   monkeypatch.setenv("MTPJAX_DEVICES", "4")
   config = tiny_config(meta_batch_size=6)
   with pytest.raises(ValueError, match="config.meta_batch_size=6 does not divide over the 4"):
-    sinusoid.build(config, common.make_optimizer(config))
+    sinusoid.build(config, _lib.make_optimizer(config))
 
 
 
@@ -143,10 +144,10 @@ def test_a_model_axis_run_gives_the_1_device_figures_and_restores_on_other_layou
     monkeypatch.setenv("MTPJAX_DEVICES", str(devices))
     monkeypatch.setenv("MTPJAX_MODEL_SHARDS", str(shards))
     config = tiny_config(meta_batch_size=8, hidden=(64, 64))
-    exp = sinusoid.build(config, common.make_optimizer(config))
+    exp = sinusoid.build(config, _lib.make_optimizer(config))
     if workdir is None:
       return exp
-    return common.train_and_evaluate(config, str(workdir), exp._replace(plot=None)), exp
+    return _lib.train_and_evaluate(config, str(workdir), exp._replace(plot=None)), exp
 
   one, _ = run(tmp_path / "one", 1, 1)
   split, exp = run(tmp_path / "split", 4, 2)

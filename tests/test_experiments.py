@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from experiments import sinusoid
 from experiments.configs import sinusoid as config_lib
 
@@ -30,9 +30,9 @@ def tiny_config(**overrides):
 
 def run(workdir, **overrides):
   config = tiny_config(**overrides)
-  common.check_config(config)
-  exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
-  return common.train_and_evaluate(config, str(workdir), exp)
+  _lib.check_config(config)
+  exp = sinusoid.build(config, _lib.make_optimizer(config))._replace(plot=None)
+  return _lib.train_and_evaluate(config, str(workdir), exp)
 
 
 def cli(workdir, *args):
@@ -104,7 +104,7 @@ def test_unset_steps_per_call_is_the_fastest_value_that_divides_logs_and_checkpo
   c.update(log_every=log_every, checkpoint_every=checkpoint_every)
   config = config_lib.resolve(c)
   assert config.steps_per_call == expected
-  common.check_config(config)  # the fitted value passes the loop's own divisibility check
+  _lib.check_config(config)  # the fitted value passes the loop's own divisibility check
   c.steps_per_call = 7         # a value the user sets is kept (and checked, see below)
   assert config_lib.resolve(c).steps_per_call == 7
 
@@ -140,7 +140,7 @@ def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pat
   assert [r["ci95"] for r in r_res["rows"]] == [r["ci95"] for r in r_ref["rows"]]
   # Parameters: compare the final checkpoints leaf by leaf, bitwise.
   config = tiny_config(**steps)
-  exp = sinusoid.build(config, common.make_optimizer(config))
+  exp = sinusoid.build(config, _lib.make_optimizer(config))
   like = exp.learner.init(exp.params, key=jax.random.key(0))
   a = mj.Checkpointer(str(tmp_path / "ref" / "checkpoints")).restore(like)[0]
   b = mj.Checkpointer(str(work / "checkpoints")).restore(like)[0]
@@ -154,21 +154,21 @@ def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pat
 def test_resume_with_a_different_config_is_an_error_unless_overridden(tmp_path):
   first = run(tmp_path, num_steps=20)
   config = tiny_config(num_steps=30, inner_lr=0.02)
-  exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
-  with pytest.raises(common.ConfigMismatch, match="inner_lr"):
-    common.train_and_evaluate(config, str(tmp_path), exp)
+  exp = sinusoid.build(config, _lib.make_optimizer(config))._replace(plot=None)
+  with pytest.raises(_lib.ConfigMismatch, match="inner_lr"):
+    _lib.train_and_evaluate(config, str(tmp_path), exp)
   # Fields that change neither the training nor the test tasks (only speed, output, memory)
   # are not a mismatch: a run whose evaluation ran out of memory resumes with a smaller chunk.
   old = {"inner_lr": 0.01, "eval_batch_size": 50, "progress": True, "xla_flags": ""}
-  assert common._config_diff(old, old | {"eval_batch_size": 10, "progress": False,
+  assert _lib.workdir.config_diff(old, old | {"eval_batch_size": 10, "progress": False,
                                          "xla_flags": "--xla_cpu_enable_fast_math=false"}) == []
-  assert common._config_diff(old, old | {"inner_lr": 0.02}) == [
+  assert _lib.workdir.config_diff(old, old | {"inner_lr": 0.02}) == [
       "inner_lr: checkpoint 0.01 vs now 0.02"]
   # The checkpoint the resume starts from carries the first run's compile time ...
   like = exp.learner.init(exp.params, key=jax.random.key(0))
   _, meta, _ = mj.Checkpointer(str(tmp_path / "checkpoints")).restore(like)
   assert meta["timing"]["compile_seconds"] == first["compile_seconds"] > 0
-  results = common.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
+  results = _lib.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
   assert results["num_steps"] == 30 and results["resumed_from_step"] == 20
   # ... and the resumed run reports the sum over both processes' compilations.
   assert results["compile_seconds"] > first["compile_seconds"]
@@ -185,9 +185,9 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
       with open(path, "wb") as f:
         f.write(b"garbage")
   config = tiny_config(num_steps=30)
-  exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
+  exp = sinusoid.build(config, _lib.make_optimizer(config))._replace(plot=None)
   with caplog.at_level("WARNING"):
-    results = common.train_and_evaluate(config, str(tmp_path), exp)
+    results = _lib.train_and_evaluate(config, str(tmp_path), exp)
   assert results["resumed_from_step"] == 20
   assert "unreadable" in caplog.text
   # None usable: a clear error.
@@ -196,13 +196,13 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
       if os.path.isfile(path):
         with open(path, "wb") as f:
           f.write(b"garbage")
-  from mtpjax._src.checkpoint import CheckpointError
+  from mtpjax import CheckpointError
   with pytest.raises(CheckpointError, match="no usable checkpoint"):
-    common.train_and_evaluate(config, str(tmp_path), exp)
+    _lib.train_and_evaluate(config, str(tmp_path), exp)
 
 
 def test_nan_guard_stops_and_names_the_step_checkpoint_and_cause(tmp_path):
-  with pytest.raises(common.NonFiniteError) as err:
+  with pytest.raises(_lib.NonFiniteError) as err:
     run(tmp_path, inner_lr=1e6, num_steps=40, checkpoint_every=1000)
   msg = str(err.value)
   assert "meta-step 10" in msg and "inner_lr" in msg and "grad_norm" in msg and "no checkpoint yet" in msg
@@ -211,7 +211,7 @@ def test_nan_guard_stops_and_names_the_step_checkpoint_and_cause(tmp_path):
 def test_nan_skip_policy_skips_bad_updates_and_reports_them(tmp_path):
   # An absurd inner lr makes every update non-finite: the parameters stay finite (untouched)
   # until the limit of consecutive skips is reached; then the guard stops the run.
-  with pytest.raises(common.NonFiniteError, match="after skipped updates"):
+  with pytest.raises(_lib.NonFiniteError, match="after skipped updates"):
     run(tmp_path, inner_lr=1e15, nan_policy="skip", nan_max_skips=5)
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["skipped_updates"] >= 5 and not np.isfinite(rows[-1]["loss"])
@@ -234,13 +234,13 @@ def test_config_errors_name_the_field(field, value, match):
   c.update(TINY)
   c[field] = value
   with pytest.raises(ValueError, match=match):
-    common.check_config(config_lib.resolve(c))
+    _lib.check_config(config_lib.resolve(c))
 
 
 def test_prompt_algorithms_need_a_prompt():
   config = tiny_config(algorithm="cavia", context_dim=0)
   with pytest.raises(ValueError, match="context_dim must be > 0"):
-    sinusoid.build(config, common.make_optimizer(config))
+    sinusoid.build(config, _lib.make_optimizer(config))
 
 
 def test_config_xla_flags_reach_xla_before_the_backend_starts_and_warn_after(monkeypatch):
@@ -248,8 +248,8 @@ def test_config_xla_flags_reach_xla_before_the_backend_starts_and_warn_after(mon
   # fusion on (the batch-norm Omniglot setting), a plain multiply-add becomes a YNNPACK fusion.
   flag = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
   probe = ("import jax, jax.numpy as jnp\n"
-           "from experiments import common\n"
-           "common.apply_xla_flags(FLAGS)\n"
+           "from experiments import _lib\n"
+           "_lib.env.apply_xla_flags(FLAGS)\n"
            "x = jnp.ones((512, 512))\n"
            "text = jax.jit(lambda a, b: a * b + 1.0).lower(x, x).compile().as_text()\n"
            "print('ynn' if '__ynn_fusion' in text else 'plain')\n")
@@ -266,9 +266,9 @@ def test_config_xla_flags_reach_xla_before_the_backend_starts_and_warn_after(mon
   jax.numpy.zeros(1).block_until_ready()
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   with pytest.warns(UserWarning, match="not applied: JAX's backend has already started"):
-    common.apply_xla_flags(flag)
+    _lib.env.apply_xla_flags(flag)
   assert "XLA_FLAGS" not in os.environ
   # A flag the user already set wins over the config's.
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-  common.apply_xla_flags(flag)  # nothing to add, so no warning either
+  _lib.env.apply_xla_flags(flag)  # nothing to add, so no warning either
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"

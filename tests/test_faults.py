@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import mtpjax as mj
-from experiments import common
+from experiments import _lib
 from test_experiments import ROOT, cli, run, sinusoid, tiny_config
 
 
@@ -119,7 +119,7 @@ def test_omniglot_files_that_are_not_npz_archives_name_the_path(tmp_path):
 
 def test_a_finite_but_diverging_loss_stops_the_run_naming_step_values_and_cause(tmp_path):
   config = tiny_config(num_steps=40)
-  exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
+  exp = sinusoid.build(config, _lib.make_optimizer(config))._replace(plot=None)
   real = exp.learner
 
   def exploding_run(state, n):  # the real step, with a loss that grows 100x every 10 steps
@@ -127,8 +127,8 @@ def test_a_finite_but_diverging_loss_stops_the_run_naming_step_values_and_cause(
     return state, {**metrics, "loss": metrics["loss"] * 100.0 ** (state.step // 10)}
 
   exp = exp._replace(learner=real._replace(run=exploding_run))
-  with pytest.raises(common.NonFiniteError) as err:
-    common.train_and_evaluate(config, str(tmp_path), exp)
+  with pytest.raises(_lib.NonFiniteError) as err:
+    _lib.train_and_evaluate(config, str(tmp_path), exp)
   msg = str(err.value)
   assert "diverging" in msg and "meta-step 30" in msg and "divergence_factor=1000" in msg
   assert "(step 10)" in msg and "inner_lr" in msg
@@ -139,7 +139,7 @@ def test_result_tables_print_huge_and_nonfinite_values_legibly():
            "ci95": 1151626.6049, "episodes": 600, "nonfinite": 0},
           {"metric": "mse", "setting": "10-shot", "inner_steps": 10, "mean": float("nan"),
            "ci95": float("nan"), "episodes": 600, "nonfinite": 3}]
-  table = common.results_table({"benchmark": "b", "algorithm": "maml", "num_steps": 1,
+  table = _lib.results_table({"benchmark": "b", "algorithm": "maml", "num_steps": 1,
                                 "meta_steps_per_sec": None, "backend": "cpu", "rows": rows})
   line = table.splitlines()[2]
   assert "1.182e+07" in line and "1.152e+06" in line and "1.182e+071.152" not in line
@@ -154,7 +154,7 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
 
 
 def test_a_second_run_on_a_locked_workdir_exits_at_once_naming_the_first(tmp_path):
-  with common.workdir_lock(str(tmp_path)):
+  with _lib.workdir_lock(str(tmp_path)):
     out = subprocess.run(cli(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   assert f"is in use by pid {os.getpid()} on host" in out.stderr
@@ -175,9 +175,9 @@ def test_resume_skips_damaged_metric_lines_and_names_them(tmp_path):
   path.write_bytes(b"\n".join([good[0], b'{"step": "ten", "loss": 1.0}', b"\xff\xfe not utf-8",
                               b'{"step": 15, "lo', good[1]]) + b"\n")
   config = tiny_config(num_steps=30)
-  exp = sinusoid.build(config, common.make_optimizer(config))._replace(plot=None)
+  exp = sinusoid.build(config, _lib.make_optimizer(config))._replace(plot=None)
   with pytest.warns(UserWarning, match=r"skipped 3 damaged line\(s\).*line 2, 3, 4"):
-    results = common.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
+    results = _lib.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
   assert results["num_steps"] == 30
   steps = [json.loads(l)["step"] for l in path.read_text().splitlines()]
   assert steps == [10, 20, 30]
@@ -194,7 +194,7 @@ def test_an_unknown_config_field_is_one_clear_line(tmp_path):
 
 def test_a_training_curve_of_one_point_draws_a_marker_and_says_why(tmp_path):
   with pytest.warns(UserWarning, match="single point"):
-    paths = common.plot_training_curve(str(tmp_path), [{"step": 5, "loss": 1.0}], metric="mse",
+    paths = _lib.plot_training_curve(str(tmp_path), [{"step": 5, "loss": 1.0}], metric="mse",
                                        title="t")
   assert os.path.getsize(paths[0]) > 0
 
@@ -244,8 +244,8 @@ def test_the_quick_start_figures_are_bitwise_reproducible_at_a_reduced_step_coun
     c = config_lib.get_config()
     c.update(num_steps=30, eval_tasks=20, log_every=10, checkpoint_every=30, progress=False)
     c = config_lib.resolve(c)
-    exp = sinusoid.build(c, common.make_optimizer(c))._replace(plot=None)
-    return common.train_and_evaluate(c, str(workdir), exp)
+    exp = sinusoid.build(c, _lib.make_optimizer(c))._replace(plot=None)
+    return _lib.train_and_evaluate(c, str(workdir), exp)
 
   a, b = once(tmp_path / "a"), once(tmp_path / "b")
   assert [(r["mean"], r["ci95"]) for r in a["rows"]] == [(r["mean"], r["ci95"]) for r in b["rows"]]

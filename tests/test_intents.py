@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from experiments import common
+from experiments import _lib
 from experiments import intents
 from experiments.configs import intents as config_lib
 from tests.test_pretrained import WORDS, write_checkpoint, write_jsonl
@@ -50,7 +50,7 @@ def tiny_config(files, method, **overrides):
   if config.method in ("multitask", "finetune"):
     config.num_steps = 2
   config.eval_inner_steps = tuple(min(s, 2) for s in config.eval_inner_steps)
-  common.check_config(config, config_lib.METHODS)
+  _lib.check_config(config, config_lib.METHODS)
   return config
 
 
@@ -58,8 +58,8 @@ def run(files, workdir, method, **overrides):
   config = tiny_config(files, method, **overrides)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    exp = intents.build(config, common.make_optimizer(config))._replace(plot=None)
-    return common.train_and_evaluate(config, str(workdir), exp)
+    exp = intents.build(config, _lib.make_optimizer(config))._replace(plot=None)
+    return _lib.train_and_evaluate(config, str(workdir), exp)
 
 
 # Two methods share their twin's code path and are left out to keep the suite short:
@@ -122,9 +122,9 @@ def test_test_data_errors_name_the_classes_and_counts(files, tmp_path):
       {"text": w, "intent": "other"} for w in WORDS[:6]]
   path = write_jsonl(files["root"] / "short.jsonl", rows)
   config = tiny_config(files, "frozen_prototypes", test_data=path)
-  exp = intents.build(config, common.make_optimizer(config))._replace(plot=None)
+  exp = intents.build(config, _lib.make_optimizer(config))._replace(plot=None)
   with pytest.warns(UserWarning) as caught:
-    res = common.train_and_evaluate(config, str(tmp_path), exp)
+    res = _lib.train_and_evaluate(config, str(tmp_path), exp)
   messages = " ".join(str(w.message) for w in caught)
   assert "'small' (2)" in messages and "shots + queries = 3" in messages
   assert "3-way 1-shot skipped: it needs 3 classes" in messages
@@ -138,10 +138,10 @@ def test_unknown_method_and_misused_fields_are_clear_errors(files):
     tiny_config(files, "nope")
   config = tiny_config(files, "prompt_pool", prompt_init="vocab")
   with pytest.raises(ValueError, match="prompt_init='vocab'"):
-    intents.build(config, common.make_optimizer(config))
+    intents.build(config, _lib.make_optimizer(config))
   config = tiny_config(files, "fomaml", entry_layer=3)
   with pytest.raises(ValueError, match=r"entry_layer must be in \[0, 3\)"):
-    intents.build(config, common.make_optimizer(config))
+    intents.build(config, _lib.make_optimizer(config))
 
 
 @pytest.mark.parametrize("method", ["fomaml", "prompt_pool"])
@@ -162,9 +162,9 @@ def test_results_of_other_data_files_are_kept_on_re_evaluation(tmp_path):
   old = [{"data": "a.jsonl", "mean": 0.1}, {"data": "b.jsonl", "mean": 0.2}]
   path.write_text(__import__("json").dumps({"rows": old}))
   new = [{"data": "a.jsonl", "mean": 0.3}, {"data": "c.jsonl", "mean": 0.4}]
-  merged = common._merged_rows(str(path), new, "data")
+  merged = _lib.workdir.merged_rows(str(path), new, "data")
   assert merged == [{"data": "b.jsonl", "mean": 0.2}] + new  # b kept, a replaced, c added
-  assert common._merged_rows(str(tmp_path / "none.json"), new, "data") == new
+  assert _lib.workdir.merged_rows(str(tmp_path / "none.json"), new, "data") == new
 
 
 def test_a_settings_episodes_do_not_depend_on_the_other_settings_a_run_lists():

@@ -252,7 +252,7 @@ def test_run_is_the_same_as_that_many_steps_with_metrics_stacked():
     with pytest.raises(ValueError, match="num_steps must be a positive int"):
       learner.run(scanned, bad)
   no_sampler = mj.meta_learner(loss_fn, optax.adam(1e-2), meta_batch_size=3)
-  with pytest.raises(ValueError, match="samples its own tasks"):
+  with pytest.raises(ValueError, match="samples its own batches"):
     no_sampler.run(no_sampler.init(params, key=jax.random.key(0)), 2)
 
 

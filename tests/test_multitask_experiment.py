@@ -2,12 +2,16 @@
 
 import json
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
+import mtpjax as mj
+
 from benchmarks import multitask_table
-from experiments import common
+from experiments import _lib
 from experiments import multitask
 from experiments.configs import multitask as config_lib
 
@@ -19,14 +23,14 @@ def tiny(method, **overrides):
                 checkpoint_every=20, steps_per_call=10, progress=False))
   c.update(overrides)
   config = config_lib.resolve(c)
-  common.check_config(config, config_lib.METHODS, meta=False)
+  _lib.check_config(config, config_lib.METHODS, meta=False)
   return config
 
 
 def run(workdir, method, **overrides):
   config = tiny(method, **overrides)
-  exp = multitask.build(config, common.make_optimizer(config))
-  return common.train_and_evaluate(config, str(workdir), exp)
+  exp = multitask.build(config, _lib.make_optimizer(config))
+  return _lib.train_and_evaluate(config, str(workdir), exp)
 
 
 @pytest.mark.parametrize("method,arch,prompt_dim", [("famo", "mmoe", 3),
@@ -85,9 +89,9 @@ def test_omniglot_alphabets_of_different_sizes_as_tasks_run_end_to_end(tmp_path)
                   batch_size=4, num_steps=4, log_every=2, checkpoint_every=4, steps_per_call=2,
                   progress=False))
     config = omni_config.resolve(c)
-    common.check_config(config, omni_config.METHODS, meta=False)
-    exp = multitask_omniglot.build(config, common.make_optimizer(config))
-    results[m] = common.train_and_evaluate(config, str(tmp_path / f"{m}_s0"), exp)
+    _lib.check_config(config, omni_config.METHODS, meta=False)
+    exp = multitask_omniglot.build(config, _lib.make_optimizer(config))
+    results[m] = _lib.train_and_evaluate(config, str(tmp_path / f"{m}_s0"), exp)
   rows = results["mgda"]["rows"]
   assert {(r["split"], r["domain"]) for r in rows} == {(s, a) for s in ("val", "test")
                                                       for a in ("A", "B")}
@@ -96,3 +100,54 @@ def test_omniglot_alphabets_of_different_sizes_as_tasks_run_end_to_end(tmp_path)
   table = multitask_intents_table.markdown(
       multitask_intents_table.load(str(tmp_path), "multitask_omniglot"))
   assert "| mgda |" in table
+
+
+def _final_state(workdir, config):
+  exp = multitask.build(config, _lib.make_optimizer(config))
+  like = exp.learner.init(exp.params, key=jax.random.key(config.seed))
+  return mj.Checkpointer(str(workdir / "checkpoints")).restore(like)[0]
+
+
+def _assert_same_run(a_dir, a_res, b_dir, b_res, config):
+  assert [r["mse"] for r in a_res["rows"]] == [r["mse"] for r in b_res["rows"]]
+  a, b = _final_state(a_dir, config), _final_state(b_dir, config)
+  assert jax.tree.structure(a.extra) == jax.tree.structure(b.extra)
+  for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.extra)),
+                  jax.tree.leaves((b.params, b.opt_state, b.extra))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  logs = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
+  assert [r["step"] for r in logs(b_dir)] == [r["step"] for r in logs(a_dir)]
+  assert [r["weights"] for r in logs(b_dir)] == [r["weights"] for r in logs(a_dir)]
+
+
+@pytest.mark.parametrize("method", ["famo", "dwa", "nash_mtl", "gradvac"])
+def test_a_killed_multitask_run_resumes_bitwise_with_its_balancer_state(tmp_path, method):
+  """A run killed after its step-10 checkpoint (what a kill leaves: that checkpoint and no
+  results) and restarted with the same command ends exactly where an uninterrupted run does:
+  the balancer's state (FAMO's logits, DWA's loss history, Nash-MTL's weights, GradVac's
+  targets) is saved and restored with the parameters."""
+  ref, work = tmp_path / "ref", tmp_path / "killed"
+  full = run(ref, method, checkpoint_every=10)
+  assert jax.tree.leaves(_final_state(ref, tiny(method, checkpoint_every=10)).extra)
+  shutil.copytree(ref, work)
+  shutil.rmtree(work / "checkpoints" / "20")
+  os.remove(work / "results.json")
+  resumed = run(work, method, checkpoint_every=10)
+  assert resumed["resumed_from_step"] == 10
+  _assert_same_run(ref, full, work, resumed, tiny(method, checkpoint_every=10))
+
+
+@pytest.mark.parametrize("method", ["famo", "gradvac"])
+def test_a_multitask_run_extended_with_allow_config_change_equals_one_long_run(tmp_path,
+                                                                              method):
+  ref, work = tmp_path / "ref", tmp_path / "extended"
+  full = run(ref, method, checkpoint_every=10)
+  run(work, method, num_steps=10, checkpoint_every=10)
+  config = tiny(method, checkpoint_every=10)
+  with pytest.raises(_lib.ConfigMismatch, match="num_steps"):
+    _lib.train_and_evaluate(config, str(work), multitask.build(config, _lib.make_optimizer(config)))
+  extended = _lib.train_and_evaluate(config, str(work),
+                                     multitask.build(config, _lib.make_optimizer(config)),
+                                     allow_config_change=True)
+  assert extended["resumed_from_step"] == 10 and extended["num_steps"] == 20
+  _assert_same_run(ref, full, work, extended, config)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import multitask_intents_table
-from experiments import common
+from experiments import _lib
 from experiments import multitask_intents
 from experiments.configs import multitask_intents as config_lib
 from tests.test_pretrained import WORDS, write_checkpoint, write_jsonl
@@ -36,11 +36,11 @@ def run(files, workdir, method, **overrides):
                 transfer_per_intent=2, transfer_steps=2, distill_steps=2, progress=False))
   c.update(overrides)
   config = config_lib.resolve(c)
-  common.check_config(config, config_lib.METHODS, meta=False)
+  _lib.check_config(config, config_lib.METHODS, meta=False)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    exp = multitask_intents.build(config, common.make_optimizer(config))
-    return common.train_and_evaluate(config, str(workdir), exp)
+    exp = multitask_intents.build(config, _lib.make_optimizer(config))
+    return _lib.train_and_evaluate(config, str(workdir), exp)
 
 
 def test_every_stage_runs_and_the_table_reads_them(files, tmp_path):

@@ -10,8 +10,9 @@ import pytest
 
 import mtpjax as mj
 from mtpjax.tasks import omniglot
+from experiments._lib import env
 
-REAL = os.path.join(omniglot.default_data_dir(), omniglot.NPZ_NAME)
+REAL = os.path.join(env.data_dir(), omniglot.NPZ_NAME)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -209,12 +210,12 @@ def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
 
 
 def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_path):
-  from experiments import common
+  from experiments import _lib
   from experiments import omniglot as experiment
   config = _experiment_config(tmp_path, algorithm="protonet", eval_settings=("5x1", "10x2"))
-  common.check_config(config, ("protonet",))
-  exp = experiment.build(config, common.make_optimizer(config))._replace(plot=None)
-  results = common.train_and_evaluate(config, str(tmp_path / "run"), exp)
+  _lib.check_config(config, ("protonet",))
+  exp = experiment.build(config, _lib.make_optimizer(config))._replace(plot=None)
+  results = _lib.train_and_evaluate(config, str(tmp_path / "run"), exp)
   acc = {r["setting"]: r for r in results["rows"] if r["metric"] == "accuracy"}
   assert set(acc) == {"5-way 1-shot", "10-way 2-shot"}
   assert all(r["inner_steps"] == 0 and r["episodes"] == 4 for r in acc.values())
@@ -229,7 +230,7 @@ def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_
     ("zero_head", True, "ProtoNet has no head"),
 ])
 def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):
-  from experiments import common
+  from experiments import _lib
   from experiments import omniglot as experiment
   overrides = {field: value}
   if field == "context_dim" or "cavia" in match:
@@ -238,7 +239,7 @@ def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):
     overrides["algorithm"] = "protonet"
   config = _experiment_config(tmp_path, **overrides)
   with pytest.raises(ValueError, match=match):
-    experiment.build(config, common.make_optimizer(config))
+    experiment.build(config, _lib.make_optimizer(config))
 
 
 def test_omniglot_config_rejects_an_unknown_algorithm():
@@ -261,10 +262,10 @@ def test_omniglot_batch_norm_runs_ask_for_ynnpack_elementwise_fusion_and_others_
 
 
 def test_omniglot_zero_head_keeps_the_head_at_zero_while_the_network_learns(tmp_path):
-  from experiments import common
+  from experiments import _lib
   from experiments import omniglot as experiment
   config = _experiment_config(tmp_path, algorithm="fomaml", zero_head=True)
-  exp = experiment.build(config, common.make_optimizer(config))
+  exp = experiment.build(config, _lib.make_optimizer(config))
   state = exp.learner.init(exp.params, key=jax.random.key(0))
   for _ in range(2):
     state, _ = exp.learner.step(state)

@@ -13,9 +13,9 @@ from safetensors.numpy import save_file
 
 import mtpjax as mj
 from mtpjax import prompts
-from mtpjax.tasks import omniglot
+from experiments._lib import env
 
-DATA = omniglot.default_data_dir()
+DATA = env.data_dir()
 MINILM = os.path.join(DATA, "all-MiniLM-L6-v2")
 REFERENCE = os.path.join(DATA, "all-MiniLM-L6-v2-reference")
 needs_minilm = pytest.mark.skipif(not os.path.isfile(os.path.join(MINILM, "model.safetensors")),

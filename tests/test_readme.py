@@ -1,16 +1,28 @@
-"""The README's code must run as written."""
+"""The code of the README and of the docs' guides must run as written."""
 
 import os
 import re
 
 import numpy as np
+from experiments._lib import env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Where each example lives, in the order the tests below take them.
+PAGES = ("README.md", "docs/guides/prompts.md", "docs/guides/pretrained.md",
+         "docs/guides/multitask.md")
+
+
 def python_blocks():
-  with open(os.path.join(ROOT, "README.md")) as f:
-    return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+  """The first python block of each page of PAGES."""
+  blocks = []
+  for page in PAGES:
+    with open(os.path.join(ROOT, page)) as f:
+      found = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    assert found, f"{page} has no python example"
+    blocks.append(found[0])
+  return blocks
 
 
 def test_readme_example_runs_and_learns(capsys):
@@ -39,8 +51,7 @@ def test_readme_prompt_example_runs():
 
 
 def test_readme_pretrained_example_runs():
-  from mtpjax.tasks import omniglot
-  data = omniglot.default_data_dir()
+  data = env.data_dir()
   if not os.path.isfile(os.path.join(data, "all-MiniLM-L6-v2", "model.safetensors")):
     import pytest
     pytest.skip(f"the pretrained checkpoint is not under {data}")

@@ -22,7 +22,7 @@ def problem():
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 def test_the_sharded_meta_step_equals_the_single_device_step(algorithm):
-  assert jax.device_count() == 4  # tests/conftest.py forces 4 host devices
+  assert jax.device_count() == 4  # conftest.py forces 4 host devices
   family, loss_fn, params = problem()
   kw = dict(algorithm=algorithm, inner_steps=2, inner_lr=0.05, meta_batch_size=TASKS,
             sample=family.sample)

@@ -42,41 +42,108 @@ computed once per utterance for the whole data set (the encoder is frozen), so a
 gathers cached hidden states; entry_layer 0 puts them at the input.
 """
 
+from typing import NamedTuple, Optional
+
 from ml_collections import config_dict
 
+import mtpjax as mj
 from experiments.configs import common
 
-METHODS = ("frozen_prototypes", "frozen_logreg", "prompt_tuning", "maml", "fomaml", "reptile",
-           "metasgd", "prompt_pool", "generated", "generated_maml", "average", "multitask",
-           "finetune", "episode_finetune")
-NO_META_TRAINING = ("frozen_prototypes", "frozen_logreg", "prompt_tuning", "episode_finetune")
+P, PS, H, S = mj.PROMPT, mj.PROMPT_SHARED, mj.HEAD, mj.SHARED
+
+
+class Method(NamedTuple):
+  """One intents method: everything `experiments.intents.build` needs to know about it.
+
+  algorithm: how each episode adapts (evaluation) and, if meta-trained, what is learned.
+  features: what an episode's x carries beyond the ids: "lower" (the hidden states below a
+    late prompt), "embedding" (the final embeddings: nothing in the encoder adapts) or "ids"
+    (nothing: the encoder adapts per episode).
+  prompt: None, "static" (tokens or a prefix), "pool" (an ensemble read by each utterance) or
+    "generated" (from the support set).
+  head: "prototypes" (cosine, config.scale) or "logreg" (a zero linear head per episode).
+  training: "none", "episodic" (the shared loop's meta-training), "supervised" (the shared
+    loop over every meta-training intent with a linear head, no inner loop) or "average"
+    (per-domain prompts trained while the experiment is built, averaged).
+  trains: the roles supervised training updates.
+  vocab_init: whether config.prompt_init="vocab" applies (static prompt tokens).
+  inner_loop: whether episodes adapt at all (config.inner_steps may be > 0).
+  adapts: whether evaluation reports adapted parameters.
+  defaults: config fields this method sets unless the user does.
+  """
+
+  algorithm: mj.Algorithm
+  features: str = "lower"
+  prompt: Optional[str] = "static"
+  head: str = "prototypes"
+  training: str = "episodic"
+  trains: tuple = ()
+  vocab_init: bool = False
+  inner_loop: bool = True
+  adapts: bool = True
+  defaults: dict = {}
+
+  @property
+  def meta_trained(self) -> bool:
+    """Whether the shared loop trains it (config.num_steps > 0 is allowed)."""
+    return self.training in ("episodic", "supervised")
+
+  @property
+  def task_independent_prompt(self) -> bool:
+    """A prompt that does not depend on the task: before adaptation, every utterance can be
+    embedded once with it (the zero-step shortcut of the evaluation)."""
+    return self.prompt in ("static", "pool")
+
+
+_prompt_only = lambda name: mj.get_algorithm(name, fast=(P,), outer=(P,))
+METHODS = {
+    "frozen_prototypes": Method(mj.get_algorithm("maml", fast=(S,)), features="embedding",
+                                prompt=None, training="none", adapts=False,
+                                defaults=dict(num_steps=0, eval_inner_steps=(0,))),
+    # Logistic regression converges in the inner loop: 300 steps of gradient descent at
+    # rate 1 on unit-norm features (the objective is 1-smooth plus the penalty).
+    "frozen_logreg": Method(mj.get_algorithm("anil"), features="embedding", prompt=None,
+                            head="logreg", training="none",
+                            defaults=dict(num_steps=0, eval_inner_steps=(300,), inner_lr=1.0)),
+    # Inner lr 30: chosen on 40 validation episodes (5-way 2- and 5-shot) over 0.1, 3 and 30
+    # (97.4 -> 97.6 and 97.6 -> 98.0% after 5 steps at 30; 0.1 changed nothing).
+    "prompt_tuning": Method(_prompt_only("fomaml"), training="none", vocab_init=True,
+                            defaults=dict(num_steps=0, inner_lr=30.0)),
+    "maml": Method(_prompt_only("maml"), vocab_init=True),
+    "fomaml": Method(_prompt_only("fomaml"), vocab_init=True),
+    "reptile": Method(_prompt_only("reptile"), vocab_init=True, defaults=dict(inner_steps=5)),
+    "metasgd": Method(_prompt_only("metasgd"), vocab_init=True),
+    "prompt_pool": Method(mj.get_algorithm("fomaml", fast=(P,), outer=(P, PS)), prompt="pool",
+                          defaults=dict(inner_steps=5)),
+    # The generated prompt's task part is an offset of its support-set representation: zero
+    # for every task, adapted by the inner loop; the generator is what is meta-learned.
+    "generated": Method(mj.get_algorithm("maml", fast=(P,), outer=(PS,), reset=(P,)),
+                        prompt="generated", inner_loop=False,
+                        defaults=dict(inner_steps=0, eval_inner_steps=(0,))),
+    "generated_maml": Method(mj.get_algorithm("maml", fast=(P,), outer=(PS,), reset=(P,)),
+                             prompt="generated"),
+    # Trained per domain while the experiment is built (config.supervised_steps each).
+    "average": Method(_prompt_only("fomaml"), training="average", defaults=dict(num_steps=0)),
+    # Supervised training through the shared loop: one batch of config.supervised_batch
+    # utterances per step (meta_batch_size 1, no inner loop).
+    "multitask": Method(_prompt_only("fomaml"), training="supervised", trains=(P, H),
+                        defaults=dict(num_steps=300, inner_steps=0, meta_batch_size=1,
+                                      outer_lr=1e-2)),
+    "finetune": Method(mj.get_algorithm("maml", fast=(S,)), features="embedding", prompt=None,
+                       training="supervised", trains=(S, H),
+                       defaults=dict(num_steps=300, inner_steps=0, meta_batch_size=1,
+                                     outer_lr=2e-5, eval_inner_steps=(0,))),
+    # Inner lr 1: chosen on 40 validation episodes (5-way 2-shot) over 1e-3, 1e-2, 0.1, 1 and
+    # 10 (97.1% at 0 steps; after 5 steps 97.1, 97.1, 97.2, 97.3 and 68.1%).
+    "episode_finetune": Method(mj.get_algorithm("fomaml", fast=(S,)), features="ids",
+                               prompt=None, training="none",
+                               defaults=dict(num_steps=0, eval_inner_steps=(0, 5), inner_lr=1.0,
+                                             eval_batch_size=2)),
+}
+NO_META_TRAINING = tuple(m for m, r in METHODS.items() if r.training == "none")
 
 CLINC_DOMAINS = ("auto_and_commute", "banking", "credit_cards", "home", "kitchen_and_dining",
                  "meta", "small_talk", "travel", "utility", "work")
-
-METHOD_DEFAULTS = {
-    "frozen_prototypes": dict(num_steps=0, eval_inner_steps=(0,)),
-    # Logistic regression converges in the inner loop: 300 steps of gradient descent at
-    # rate 1 on unit-norm features (the objective is 1-smooth plus the penalty).
-    "frozen_logreg": dict(num_steps=0, eval_inner_steps=(300,), inner_lr=1.0),
-    # Inner lr 30: chosen on 40 validation episodes (5-way 2- and 5-shot) over 0.1, 3 and 30
-    # (97.4 -> 97.6 and 97.6 -> 98.0% after 5 steps at 30; 0.1 changed nothing).
-    "prompt_tuning": dict(num_steps=0, inner_lr=30.0),
-    "reptile": dict(inner_steps=5),
-    "prompt_pool": dict(inner_steps=5),
-    "generated": dict(inner_steps=0, eval_inner_steps=(0,)),
-    # Trained per domain while the experiment is built (config.supervised_steps each).
-    "average": dict(num_steps=0),
-    # Supervised training through the shared loop: one batch of config.supervised_batch
-    # utterances per step (meta_batch_size 1, no inner loop).
-    "multitask": dict(num_steps=300, inner_steps=0, meta_batch_size=1, outer_lr=1e-2),
-    "finetune": dict(num_steps=300, inner_steps=0, meta_batch_size=1, outer_lr=2e-5,
-                     eval_inner_steps=(0,)),
-    # Inner lr 1: chosen on 40 validation episodes (5-way 2-shot) over 1e-3, 1e-2, 0.1, 1 and
-    # 10 (97.1% at 0 steps; after 5 steps 97.1, 97.1, 97.2, 97.3 and 68.1%).
-    "episode_finetune": dict(num_steps=0, eval_inner_steps=(0, 5), inner_lr=1.0,
-                             eval_batch_size=2),
-}
 
 
 def get_config(arg=None):
@@ -123,5 +190,5 @@ def resolve(config):
                      f"instead (got algorithm={config.algorithm!r}, method={config.method!r})")
   defaults = dict(algorithm=config.method, num_steps=500, meta_batch_size=4, inner_steps=3,
                   inner_lr=0.1, outer_lr=1e-3, eval_inner_steps=(0, 5), eval_batch_size=50)
-  defaults.update(METHOD_DEFAULTS.get(config.method, {}))
+  defaults.update(METHODS[config.method].defaults)
   return common.fit_steps_per_call(common.fill(config, defaults), 1)  # not measured here

@@ -1,4 +1,4 @@
-"""A thin orbax wrapper: atomic saves of a MetaState plus JSON metadata, the last N kept, and
+"""A thin orbax wrapper: atomic saves of a whole TrainState plus JSON metadata, the last N kept, and
 restore that falls back to an older checkpoint when the newest is unreadable."""
 
 import logging
@@ -10,7 +10,7 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 
-from mtpjax._src import meta as meta_lib
+from mtpjax._src import trainer as trainer_lib
 
 log = logging.getLogger(__name__)
 
@@ -19,28 +19,48 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the run."""
 
 
-def _to_tree(state: meta_lib.MetaState) -> dict:
-  # Typed PRNG keys are stored as their raw uint32 data: portable and exact.
-  return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+def _is_key(x) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_tree(state: trainer_lib.TrainState) -> dict:
+  """The whole state as orbax stores it. Typed PRNG keys are stored as their raw uint32 data
+  (portable and exact); the method's extra state (a balancer's: dicts, optax states, None
+  fields) as a flat dict of its leaves, rebuilt from the restore target's structure."""
+  tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step,
           "key": jax.random.key_data(state.key)}
+  extra = jax.tree.leaves(state.extra)
+  if extra:  # absent for meta-learning, so its checkpoints keep their layout
+    tree["extra"] = {f"{i:04d}": (jax.random.key_data(x) if _is_key(x) else x)
+                     for i, x in enumerate(extra)}
+  return tree
 
 
-def _from_tree(tree: dict, like: meta_lib.MetaState) -> meta_lib.MetaState:
-  impl = jax.random.key_impl(like.key)
-  return meta_lib.MetaState(step=tree["step"], params=tree["params"],
-                            opt_state=tree["opt_state"],
-                            key=jax.random.wrap_key_data(tree["key"], impl=impl))
+def _from_tree(tree: dict, like: trainer_lib.TrainState) -> trainer_lib.TrainState:
+  key = jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(like.key))
+  like_extra, treedef = jax.tree.flatten(like.extra)
+  extra = [(jax.random.wrap_key_data(tree["extra"][f"{i:04d}"], impl=jax.random.key_impl(x))
+            if _is_key(x) else tree["extra"][f"{i:04d}"]) for i, x in enumerate(like_extra)]
+  return trainer_lib.TrainState(step=tree["step"], params=tree["params"],
+                                opt_state=tree["opt_state"], key=key,
+                                extra=jax.tree.unflatten(treedef, extra))
 
 
 class Checkpointer:
-  """Saves and restores MetaStates under `directory/<step>/`.
+  """Saves and restores TrainStates (the method's extra state included) under `directory/<step>/`.
 
   Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
   crash mid-write leaves the previous checkpoints intact.
 
-  >>> ckpt = Checkpointer("/tmp/run/checkpoints", max_to_keep=3)   # doctest: +SKIP
-  >>> ckpt.save(state, {"config": cfg})                            # doctest: +SKIP
-  >>> state, meta = ckpt.restore(like=state)                       # doctest: +SKIP
+  >>> import tempfile, jax.numpy as jnp
+  >>> state = trainer_lib.TrainState(jnp.array(7), {"w": jnp.ones(2)}, (), jax.random.key(0),
+  ...                                extra={"history": jnp.zeros(3)})
+  >>> ckpt = Checkpointer(tempfile.mkdtemp() + "/checkpoints", max_to_keep=3)
+  >>> ckpt.save(state, {"config": {"lr": 0.1}})
+  7
+  >>> restored, meta, step = ckpt.restore(like=state)
+  >>> meta, step, restored.extra["history"].shape
+  ({'config': {'lr': 0.1}}, 7, (3,))
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3):
@@ -56,7 +76,7 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, state: meta_lib.MetaState, metadata: dict) -> int:
+  def save(self, state: trainer_lib.TrainState, metadata: dict) -> int:
     step = int(jax.device_get(state.step))
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(metadata)),
@@ -64,7 +84,18 @@ class Checkpointer:
     self._manager.wait_until_finished()
     return step
 
-  def restore(self, like: meta_lib.MetaState, step: Optional[int] = None):
+  def metadata(self) -> Optional[tuple[dict, int]]:
+    """(metadata, step) of the newest checkpoint whose metadata reads, or None; reads no
+    arrays and moves nothing, so a caller can compare configs before any restore."""
+    for s in reversed(self.steps()):
+      try:
+        out = self._manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return out.meta, s
+      except Exception:  # unreadable: restore() reports and moves it aside
+        continue
+    return None
+
+  def restore(self, like: trainer_lib.TrainState, step: Optional[int] = None):
     """Restores the newest readable checkpoint (or `step`) into the structure of `like`.
 
     Returns (state, metadata, step), or None when the directory holds no checkpoint. An

@@ -59,8 +59,10 @@ def supervised(apply: Callable[[types.Params, types.Array], types.Array],
                loss: Callable[[types.Array, types.Array], types.Array]) -> types.LossFn:
   """Turns a model's apply and a prediction loss into loss_fn(params, batch) -> scalar.
 
-  >>> loss_fn = supervised(model.apply, mse)       # doctest: +SKIP
-  >>> loss_fn(params, Batch(x, y))                  # doctest: +SKIP
+  >>> import jax.numpy as jnp
+  >>> loss_fn = supervised(lambda params, x: params["w"] * x, mse)
+  >>> float(loss_fn({"w": 2.0}, types.Batch(jnp.ones((4, 1)), jnp.zeros((4, 1)))))
+  4.0
   """
 
   def loss_fn(params, batch: types.Batch, task_repr=None):

@@ -27,7 +27,10 @@ def mixed_precision(loss_fn: types.LossFn, dtype=jnp.bfloat16) -> types.LossFn:
   The inputs of the batch are cast too; its targets are not (a regression target keeps its
   precision, class labels are integers). The loss comes back as float32.
 
-  >>> learner = meta_learner(mixed_precision(loss_fn), optax.adam(1e-3), ...)  # doctest: +SKIP
+  >>> loss_fn = lambda params, batch: jnp.sum(params["w"] * batch.x)
+  >>> batch = types.Batch(jnp.ones(3), jnp.zeros(3))
+  >>> mixed_precision(loss_fn)({"w": jnp.ones(3)}, batch).dtype
+  dtype('float32')
   """
   dtype = jnp.dtype(dtype)
   if not jnp.issubdtype(dtype, jnp.floating):

@@ -1,5 +1,5 @@
 """Task families: functions that draw one task (an Episode) from a key, on the device."""
 
-from mtpjax.tasks import classification, correlated, omniglot, sinusoid, text, tokens
+from mtpjax.tasks import classification, correlated, omniglot, sinusoid, text, tokens, toy
 
-__all__ = ["classification", "correlated", "omniglot", "sinusoid", "text", "tokens"]
+__all__ = ["classification", "correlated", "omniglot", "sinusoid", "text", "tokens", "toy"]

@@ -9,8 +9,9 @@ The non-linear part makes the tasks' Pearson correlation lower than p (the paper
 label correlation is controlled but not equal to p). Constants as a public generator of it:
 c = 1, m = 10, alpha_i = 1..10, beta_i = i^2 for i = 0..9, noise 0.01.
 
->>> data = make(jax.random.key(0), correlation=0.5, num_examples=1000)   # doctest: +SKIP
->>> data.x.shape, data.y.shape                                          # doctest: +SKIP
+>>> import jax
+>>> data = make(jax.random.key(0), correlation=0.5, num_examples=1000)
+>>> data.x.shape, data.y.shape
 ((1000, 100), (2, 1000))
 """
 

@@ -13,34 +13,24 @@ import io
 import os
 import re
 import zipfile
-from typing import Optional
 
 import numpy as np
 
-DATA_ENV = "MTPJAX_DATA_DIR"
 NPZ_NAME = "omniglot28.npz"
 SETS = ("background", "evaluation")
 DRAWINGS = 20
 
 
-def default_data_dir() -> str:
-  """$MTPJAX_DATA_DIR, else ../shared/data beside this checkout."""
-  if os.environ.get(DATA_ENV):
-    return os.environ[DATA_ENV]
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.join(os.path.dirname(repo), "shared", "data")
-
-
-def load_npz(path: Optional[str] = None, *, nearest: bool = False) -> dict:
+def load_npz(path: str, *, nearest: bool = False) -> dict:
   """Loads omniglot28.npz; both sets concatenated (964 background, then 659 evaluation).
 
   nearest=True takes the nearest-neighbour downsample (what MAML's preprocessing produced).
   """
-  path = path or os.path.join(default_data_dir(), NPZ_NAME)
+  if not path:
+    raise ValueError(f"Omniglot: load_npz needs the path of {NPZ_NAME}")
   if not os.path.exists(path):
     raise FileNotFoundError(f"Omniglot: no file at {path}. Expected {NPZ_NAME} with arrays "
-                            f"background/evaluation [n, 20, 28, 28] uint8; set ${DATA_ENV} or "
-                            "pass the path.")
+                            f"background/evaluation [n, 20, 28, 28] uint8.")
   try:
     f = np.load(path)  # allow_pickle stays False: a pickled array raises below
   except (ValueError, OSError, EOFError) as e:

@@ -69,7 +69,9 @@ def episodes(ids, labels, *, ways: int, shots: int, queries: int,
     ids: [n, T] integer token ids (padding 0).
     labels: [n] integers in [0, classes); every class in that range must have at least
       shots + queries examples.
-    ways, shots, queries: the episode's shape.
+    ways: classes per episode.
+    shots: support examples per class.
+    queries: query examples per class.
     class_names: names for error messages (class c is class_names[c]).
     vocab_size: if given, ids must lie in [0, vocab_size) (checked once here, not per episode).
     features: optional {name: [n, ...]} arrays computed once per example (e.g. a frozen

@@ -1,0 +1,277 @@
+"""The training loop every experiment shares: resume, train in jitted calls, log, guard,
+checkpoint, evaluate, write results.json and the plots. It drives any trainer built on the
+trainer core (mj.meta_learner, mj.mtl.multitask_trainer): `init`, `run(state, n)` and a
+TrainState that the checkpointer saves whole.
+
+Every run writes into its workdir:
+  config.json     the resolved config
+  metrics.jsonl   one JSON object per log step (training loss, grad norm, speed)
+  checkpoints/    orbax checkpoints (the last `keep_checkpoints`), resumed automatically
+  results.json    the evaluation rows and the run's facts (speed, backend, versions)
+  *.png           plots
+"""
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+import mtpjax as mj
+from experiments._lib import env, guards, timing, workdir as workdir_lib
+
+
+
+class Experiment(NamedTuple):
+  """What an experiment script hands to the shared loop."""
+
+  name: str                                  # benchmark name in results.json
+  learner: Any                               # a trainer: init, run (mj.MetaLearner, ...)
+  params: mj.Params                          # initial parameters
+  evaluate: Callable[[mj.Params], tuple[list, Any]]   # params -> (rows, extras for plots)
+  plot: Optional[Callable[..., list]] = None  # plot(workdir, params, history, extras) -> paths
+  # A row field (e.g. "data"): rows of an earlier results.json in the workdir whose value of
+  # it is not among this evaluation's are kept, so evaluating a finished run on new data adds
+  # rows instead of replacing them.
+  merge_by: Optional[str] = None
+  facts: Optional[dict] = None               # added to results.json (e.g. parameter counts)
+  # The device mesh the learner splits tasks over (env.mesh_from_env), recorded in results.json.
+  mesh: Optional[jax.sharding.Mesh] = None
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  opt = optax.adam(config.outer_lr)
+  if config.nan_policy == "skip":
+    # Skips updates with non-finite gradients; gives up after this many in a row.
+    opt = optax.apply_if_finite(opt, max_consecutive_errors=config.nan_max_skips)
+  return opt
+
+
+def _skipped_updates(opt_state) -> int:
+  return int(getattr(opt_state, "total_notfinite", 0))
+
+
+def _window_mean(values: np.ndarray):
+  mean = np.mean(values, axis=0)
+  return float(mean) if mean.ndim == 0 else mean.tolist()
+
+
+def _primary() -> bool:
+  return jax.process_index() == 0
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experiment: Experiment,
+                       *, allow_config_change: bool = False) -> dict:
+  """Trains `experiment` for config.num_steps (resuming from workdir), then evaluates.
+
+  Returns the results dict that is also written to workdir/results.json. The workdir is
+  locked for the run: a second run on it fails at once, naming this one's pid and host.
+  """
+  workdir_lib.check_workdir(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  # Several processes of one run share the workdir: the first holds the lock and writes the
+  # files; every process takes part in the checkpoints (orbax coordinates them).
+  lock = workdir_lib.workdir_lock(workdir) if _primary() else contextlib.nullcontext()
+  with lock:
+    return _train_and_evaluate(config, workdir, experiment,
+                               allow_config_change=allow_config_change)
+
+
+def _resume(ckpt: mj.Checkpointer, state, cfg: dict, workdir: str, allow_config_change: bool):
+  """(state, resumed_from_step or None, timing) from the newest checkpoint in the workdir.
+
+  The saved config is compared before any restore: a run with another config (a changed
+  shape, another method, another experiment) is a ConfigMismatch that touches no file, so the
+  original command still resumes.
+  """
+  timing_ = {"timed_steps": 0, "timed_seconds": 0.0, "compile_seconds": 0.0}
+  found = ckpt.metadata()  # None: no checkpoint, or none whose metadata reads
+  diff = [] if found is None else workdir_lib.config_diff(found[0].get("config", {}), cfg)
+  if diff and not allow_config_change:
+    step = found[1]
+    raise workdir_lib.ConfigMismatch(
+        f"{workdir} holds a checkpoint (step {step}) of a run with another config:\n  "
+        + "\n  ".join(diff)
+        + "\nUse a new --workdir, or pass --allow_config_change to resume with the new config.")
+  restored = ckpt.restore(like=state)
+  if restored is None:
+    return state, None, timing_
+  state, meta, resumed_from = restored
+  print(f"resuming from step {resumed_from} ({ckpt.directory})", file=sys.stderr)
+  return state, resumed_from, meta.get("timing", timing_)
+
+
+def _history(workdir: str, start: int, primary: bool) -> list:
+  """The metrics.jsonl rows up to the resumed step; the file is rewritten without the rest."""
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  history = workdir_lib.read_jsonl(metrics_path, max_step=start)
+  if jax.process_count() > 1:  # every process reads the same history before it is rewritten
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("mtpjax: metrics history read")
+  if primary:
+    with open(metrics_path, "w") as f:  # drop what was logged after the checkpoint we resume
+      for row in history:
+        f.write(json.dumps(row) + "\n")
+  return history
+
+
+class _Loop:
+  """The training part of one run: steps in calls of steps_per_call, a log row (with the NaN
+  and divergence guards) every log_every steps, a checkpoint every checkpoint_every."""
+
+  def __init__(self, config, experiment, ckpt, cfg, timing_):
+    self.config, self.learner, self.ckpt, self.cfg = config, experiment.learner, ckpt, cfg
+    self.name = experiment.name
+    self.timing = timing_
+    self.compile_before = timing_["compile_seconds"]  # of the runs this one resumes
+    self.compiled = {"seconds": 0.0}  # this process's, added to by compile_timer below
+
+  def cause(self) -> str:
+    steps = self.ckpt.steps()
+    last = os.path.join(self.ckpt.directory, str(steps[-1])) if steps else "none (no checkpoint yet)"
+    return f"Last good checkpoint: {last}. " + guards.lr_cause(self.config)
+
+  def nan_message(self, step, what) -> str:
+    return (f"non-finite {what} at meta-step {step}. {self.cause()}"
+            + (", or set config.nan_policy='skip' to skip non-finite updates." if
+               self.config.nan_policy == "stop" else "."))
+
+  def save(self, state):
+    if not bool(guards.all_finite(state.params)):
+      raise guards.NonFiniteError(
+          f"refusing to checkpoint non-finite parameters at step {int(state.step)}")
+    # Every checkpoint carries the compile time so far, so a resumed run's figure is the sum.
+    self.timing["compile_seconds"] = self.compile_before + self.compiled["seconds"]
+    return self.ckpt.save(state, {"config": self.cfg, "timing": self.timing})
+
+  def check(self, row, state, history):
+    """Raises NonFiniteError on a non-finite row (or parameters, under "skip") or a loss that
+    has grown past divergence_factor times its first logged value."""
+    config, step = self.config, row["step"]
+    if config.nan_policy == "skip":
+      if not bool(guards.all_finite(state.params)):
+        raise guards.NonFiniteError(self.nan_message(step, "parameters (after skipped updates)"))
+    else:
+      bad = sorted(k for k, v in row.items() if v is not None and not np.all(np.isfinite(v)))
+      if bad:
+        raise guards.NonFiniteError(self.nan_message(step, " and ".join(bad)))
+    factor = config.get("divergence_factor", 0.0)
+    early = history[0]["loss"]
+    if factor and math.isfinite(early) and row["loss"] > factor * max(abs(early), 1e-12):
+      raise guards.NonFiniteError(
+          f"diverging: the loss at meta-step {step} is {row['loss']:.4g}, more than "
+          f"config.divergence_factor={factor:g} times its first logged value {early:.4g} "
+          f"(step {history[0]['step']}). {self.cause()}, or raise config.divergence_factor (0 "
+          f"turns the check off).")
+
+  def train(self, state, history, metrics_path, primary):
+    """Runs to config.num_steps; returns (state, wall seconds)."""
+    config, num_steps = self.config, self.config.num_steps
+    per_call = config.get("steps_per_call", 1)
+    start = int(state.step)
+    window, t_log, t0, steps_at_t0, window_steps = [], time.perf_counter(), None, start, 0
+    bar = tqdm.tqdm(total=num_steps, initial=start, desc=self.name, unit="step",
+                    disable=not (config.progress and primary), dynamic_ncols=True,
+                    file=sys.stderr)
+    t_wall = time.perf_counter()
+    with (open(metrics_path, "a") if primary else open(os.devnull, "w")) as mfile, \
+         timing.compile_timer(self.compiled):
+      step = start
+      while step < num_steps:
+        # Up to the next multiple of steps_per_call (or num_steps), in one call.
+        n = min(per_call - step % per_call, num_steps - step)
+        state, metrics = self.learner.run(state, n)
+        step += n
+        window.append(metrics)
+        if t0 is None:  # the first call in this process compiles: time the rest
+          jax.block_until_ready(metrics)
+          t0, t_log, steps_at_t0, window_steps = time.perf_counter(), time.perf_counter(), step, 0
+        else:
+          window_steps += n
+        if step % config.log_every == 0 or step == num_steps:
+          now = time.perf_counter()
+          speed = window_steps / max(now - t_log, 1e-9) if step > steps_at_t0 else None
+          row = self.log_row(window, step, speed, state)
+          mfile.write(json.dumps(row) + "\n")
+          mfile.flush()
+          history.append(row)
+          self.check(row, state, history)
+          bar.set_postfix(loss=f"{row['loss']:.4f}")
+          bar.update(step - bar.n)
+          window, t_log, window_steps = [], now, 0
+        if step % config.checkpoint_every == 0 or step == num_steps:
+          jax.block_until_ready(state)
+          self.timing["timed_steps"] += step - steps_at_t0
+          self.timing["timed_seconds"] += time.perf_counter() - t0
+          t0, steps_at_t0 = time.perf_counter(), step
+          self.save(state)
+    bar.close()
+    self.timing["compile_seconds"] = self.compile_before + self.compiled["seconds"]
+    return state, time.perf_counter() - t_wall
+
+  def log_row(self, window, step, speed, state) -> dict:
+    host = jax.device_get(window)  # the only host sync in the loop
+    # Scalars per step are averaged over the window; vectors (a multi-task run's per-task
+    # losses and weights, [steps, T]) element by element, kept as lists.
+    row = {k: _window_mean(np.concatenate([m[k] for m in host])) for k in host[0]}
+    row["steps_per_sec"] = speed
+    row["step"] = step
+    if self.config.nan_policy == "skip":
+      row["skipped_updates"] = _skipped_updates(state.opt_state)
+    return row
+
+
+def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
+  cfg = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
+  ckpt = mj.Checkpointer(os.path.join(workdir, "checkpoints"),
+                         max_to_keep=config.keep_checkpoints)
+  state = experiment.learner.init(experiment.params, key=jax.random.key(config.seed))
+  state, resumed_from, timing_ = _resume(ckpt, state, cfg, workdir, allow_config_change)
+  primary = _primary()
+  if primary:
+    workdir_lib.write_json(os.path.join(workdir, "config.json"), cfg)
+  history = _history(workdir, int(state.step), primary)
+  loop = _Loop(config, experiment, ckpt, cfg, timing_)
+  state, train_wall = loop.train(state, history, os.path.join(workdir, "metrics.jsonl"), primary)
+  if not ckpt.steps():  # e.g. resumed a finished run: nothing new to save
+    loop.save(state)
+
+  # Every process evaluates on its own devices (the same tasks, so the same rows): the
+  # parameters are replicated, and a local copy keeps evaluation free of collectives.
+  params = state.params if jax.process_count() == 1 else mj.local_copy(state.params)
+  t_eval = time.perf_counter()
+  rows, extras = experiment.evaluate(params)
+  eval_seconds = time.perf_counter() - t_eval
+  if experiment.merge_by is not None:
+    rows = workdir_lib.merged_rows(os.path.join(workdir, "results.json"), rows,
+                                   experiment.merge_by)
+  t = loop.timing
+  results = {
+      "benchmark": experiment.name,
+      "algorithm": config.algorithm,
+      "config": cfg,
+      "num_steps": int(state.step),
+      "meta_steps_per_sec": t["timed_steps"] / t["timed_seconds"] if t["timed_seconds"] > 0
+                            else None,
+      "compile_seconds": t["compile_seconds"],
+      "wall_seconds": train_wall + eval_seconds,
+      "eval_seconds": eval_seconds,
+      "resumed_from_step": resumed_from,
+      **env.describe(experiment.mesh),
+      "rows": rows,
+  }
+  results.update(experiment.facts or {})
+  if primary:
+    workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
+    if experiment.plot is not None:
+      results["plots"] = experiment.plot(workdir, params, history, extras)
+  ckpt.close()
+  return results

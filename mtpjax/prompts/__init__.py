@@ -1,0 +1,23 @@
+"""Prompt kinds as (init, apply) pairs, their initialisations, and the aggregation of per-task
+prompts into one.
+
+`init(key) -> (shared part, task part)`: the task part has role "prompt" (what prompt-only
+adaptation adapts), the shared part role "prompt_shared". `apply` composes them into what the
+backbone consumes (tokens, per-layer prefixes, a context vector).
+
+>>> import jax
+>>> from mtpjax import prompts
+>>> shared, task = prompts.static(4, 8).init(jax.random.key(0))
+>>> shared is None, task.shape
+(True, (4, 8))
+"""
+
+from mtpjax.prompts._aggregate import MPT, mpt_decompose, weighted_mean
+from mtpjax.prompts._aggregate import mean as aggregate_mean
+from mtpjax.prompts._kinds import (COMPOSE_MODES, Prompt, average, composed, context,
+                                   ensemble_weights, ensembled, from_tokens, from_vocab,
+                                   generated, mix, static, support_summary)
+
+__all__ = ["COMPOSE_MODES", "MPT", "Prompt", "aggregate_mean", "average", "composed", "context",
+           "ensemble_weights", "ensembled", "from_tokens", "from_vocab", "generated", "mix",
+           "mpt_decompose", "static", "support_summary", "weighted_mean"]
