@@ -17,7 +17,7 @@ CONV_IMPLS = ("auto", "xla", "im2col", "taps")
 def auto_conv_impl(backend: str) -> str:
   """What conv3x3's impl="auto" computes with on `backend` (a jax.default_backend() name).
 
-  "im2col" where it was measured faster: the CPU and an NVIDIA H100 (notes rows 13 and 36; AMD
+  "im2col" where it was measured faster: the CPU and an NVIDIA H100 (benchmarks/omniglot_speed_notes.md; AMD
   GPUs also report "gpu" and are not measured). "xla" on the rest, e.g. TPUs, not measured.
   """
   return "im2col" if backend in ("cpu", "gpu", "cuda") else "xla"
