@@ -15,8 +15,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # (tests/test_distributed.py runs them on 4 and on 2 processes).
 os.environ.setdefault("MTPJAX_DEVICES", "1")
 # Many tests (and the subprocess runs of the experiment scripts) compile identical programs;
-# a compilation cache private to this test session compiles each once.
-_CACHE = tempfile.mkdtemp(prefix="mtpjax-test-jax-cache-")
+# a compilation cache private to this test session, shared by its xdist workers, compiles
+# each once.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_CACHE = (os.path.join(tempfile.gettempdir(), f"mtpjax-test-jax-cache-{_RUN}") if _RUN
+          else tempfile.mkdtemp(prefix="mtpjax-test-jax-cache-"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -76,6 +76,20 @@ def test_losses():
   np.testing.assert_allclose(mj.mse(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0])), 5.0)
 
 
+@pytest.mark.parametrize("bad", [-1, 3])
+@pytest.mark.parametrize("fn", [mj.cross_entropy, mj.accuracy,
+                                lambda lo, la: mj.weighted_cross_entropy(lo, la, jnp.ones(3))])
+def test_invalid_labels_raise_eagerly_and_are_nan_under_jit(fn, bad):
+  # optax reads -1 as the last class (a finite, wrong 1.0986 for 3 equal logits) and 3 as NaN
+  # or garbage: the loss must make a bad label impossible to miss.
+  logits = jnp.zeros((2, 3))
+  labels = jnp.array([0, bad])
+  with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+    fn(logits, labels)
+  assert np.isnan(jax.jit(fn)(logits, labels))
+  assert np.isfinite(jax.jit(fn)(logits, jnp.array([0, 2])))
+
+
 def test_mean_ci95():
   v = np.array([1.0, 2.0, 3.0, 4.0])
   mean, ci = mj.mean_ci95(v)

@@ -118,8 +118,7 @@ def test_cagrad_is_the_mean_at_c0_and_solves_its_inner_problem():
 def test_nash_mtl_weights_solve_the_bargaining_condition():
   _, state, info = run("nash_mtl", G3, max_norm=0.0)
   a = np.asarray(info["weights"])
-  m = G3 @ G3.T
-  m = m / np.linalg.norm(m)
+  m = G3 @ G3.T   # the raw system, as the reference code: alpha_i (G G^T alpha)_i = 1
   assert np.all(a > 0) and float(info["residual"]) < 1e-4
   np.testing.assert_allclose(m @ a, 1 / a, rtol=1e-3)
   # Orthogonal gradients: alpha_i = 1 / sqrt(M_ii), so every task gets the same |alpha_i g_i|.
@@ -271,14 +270,17 @@ def mtl_problem(num_tasks=3, n=16, d=4):
   return params, (x, y), loss_fn
 
 
-def manual_grads(params, batches, loss_fn, weights):
+def manual_grads(params, batches, loss_fn, weights, head_weights=None):
+  """The shared gradient sum_i w_i g_i and each task's head gradient times head_weights_i
+  (the same weights by default)."""
+  head_weights = weights if head_weights is None else head_weights
   x, y = batches
   t = len(weights)
   per = [jax.grad(loss_fn)({"shared": params["shared"],
                             "head": {"v": params["head"]["v"][i]}}, (x[i], y[i]))
          for i in range(t)]
   shared = sum(w * g["shared"]["w"] for w, g in zip(weights, per))
-  head = jnp.stack([w * g["head"]["v"] for w, g in zip(weights, per)])
+  head = jnp.stack([w * g["head"]["v"] for w, g in zip(head_weights, per)])
   return shared, head
 
 
@@ -292,10 +294,14 @@ def test_multitask_step_is_the_gradient_of_the_weighted_loss(name):
   state = trainer.init(params, key=KEY)
   new, metrics = trainer.step(state, batches)
   w = np.asarray(metrics["weights"])
-  g_shared, g_head = manual_grads(params, batches, loss_fn, w)
+  # A loss-only method differentiates sum_i w_i L_i, so each head gets w_i times its gradient;
+  # a gradient method balances only the shared roles and gives each head its own task's
+  # gradient, unweighted (LibMTL's habit).
+  head_w = w if mj.mtl.get(name, **hp).loss_only else np.ones(3)
+  g_shared, g_head = manual_grads(params, batches, loss_fn, w, head_w)
   np.testing.assert_allclose(params["shared"]["w"] - new.params["shared"]["w"], g_shared,
                              rtol=1e-4, atol=1e-6)
-  # Each task's head gets its own task's gradient (times its weight), nothing from the others.
+  # Each task's head gets its own task's gradient, nothing from the others.
   np.testing.assert_allclose(params["head"]["v"] - new.params["head"]["v"], g_head,
                              rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(metrics["task_losses"],
@@ -305,21 +311,26 @@ def test_multitask_step_is_the_gradient_of_the_weighted_loss(name):
 
 def test_loss_only_path_equals_the_per_task_gradient_path():
   """A loss-only method takes one gradient of sum_i w_i L_i; forcing the per-task path on the
-  same weights gives the same step."""
+  same weights gives the same shared step, and heads that take their own gradient unweighted
+  (the gradient methods' rule) instead of w_i times it."""
   import optax
   params, batches, loss_fn = mtl_problem()
   famo = mj.mtl.get("famo")
   forced = mj.mtl.Balancer(famo.init, famo.update, loss_only=False)
   out = []
   for bal in (famo, forced):
-    trainer = mj.mtl.multitask_trainer(loss_fn, optax.adam(1e-2), bal, num_tasks=3,
+    trainer = mj.mtl.multitask_trainer(loss_fn, optax.sgd(0.1), bal, num_tasks=3,
                                        donate=False)
-    state = trainer.init(params, key=KEY)
-    for _ in range(3):
-      state, metrics = trainer.step(state, batches)
-    out.append(state.params)
-  for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    state, metrics = trainer.step(trainer.init(params, key=KEY), batches)
+    out.append((state.params, np.asarray(metrics["weights"])))
+  (loss_only, w), (per_task, w2) = out
+  np.testing.assert_allclose(w, w2, rtol=1e-6)
+  assert not np.allclose(w, 1.0)
+  np.testing.assert_allclose(loss_only["shared"]["w"], per_task["shared"]["w"], rtol=1e-5,
+                             atol=1e-6)
+  step_lo = np.asarray(params["head"]["v"] - loss_only["head"]["v"])
+  step_pt = np.asarray(params["head"]["v"] - per_task["head"]["v"])
+  np.testing.assert_allclose(step_lo, w[:, None] * step_pt, rtol=1e-4, atol=1e-7)
 
 
 def test_multitask_inputs_without_the_task_axis_are_clear_errors():
@@ -385,7 +396,8 @@ def test_representation_gradients_weigh_tasks_by_dL_dz_then_take_one_gradient():
                                          mj.mtl.get("mgda").init(3))
   w = np.asarray(metrics["weights"])
   np.testing.assert_allclose(w, info["weights"], rtol=1e-4, atol=1e-6)
-  g_shared, g_head = manual_grads(params, batches, loss_fn, w)
+  # The shared roles take the weighted gradient, each head its own task's, unweighted.
+  g_shared, g_head = manual_grads(params, batches, loss_fn, w, np.ones(3))
   np.testing.assert_allclose(params["shared"]["w"] - new.params["shared"]["w"], g_shared,
                              rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(params["head"]["v"] - new.params["head"]["v"], g_head,
@@ -495,3 +507,37 @@ def test_a_frozen_per_task_role_is_sliced_by_task_but_not_trained():
   g_shared, _ = manual_grads(params, batches, loss_fn, np.ones(3))
   np.testing.assert_allclose(params["shared"]["w"] - new.params["shared"]["w"], g_shared,
                              rtol=1e-4, atol=1e-6)
+
+
+def test_heads_train_on_their_own_gradient_when_mgda_gives_their_task_no_weight():
+  """LibMTL balances only the shared parameters: with MGDA's weight 0 on two tasks their
+  heads still take their own task's full gradient (they froze when scaled by the weights)."""
+  import optax
+  params, (x, y), loss_fn = mtl_problem()
+  x = x.at[0].multiply(0.001)         # task 0's shared gradient is tiny: MGDA puts all on it
+  trainer = mj.mtl.multitask_trainer(loss_fn, optax.sgd(1.0), mj.mtl.get("mgda"),
+                                     num_tasks=3, donate=False)
+  new, metrics = trainer.step(trainer.init(params, key=KEY), (x, y))
+  w = np.asarray(metrics["weights"])
+  assert w[0] > 0.99 and np.all(w[1:] < 1e-3)
+  g_shared, g_head = manual_grads(params, (x, y), loss_fn, w, np.ones(3))
+  np.testing.assert_allclose(params["head"]["v"] - new.params["head"]["v"], g_head,
+                             rtol=1e-4, atol=1e-6)
+  assert np.all(np.abs(g_head[1:]) > 1e-3)
+
+
+@pytest.mark.parametrize("name", ["imtl", "aligned_mtl", "mgda", "nash_mtl", "cagrad"])
+def test_zero_initialised_heads_train_and_nothing_turns_nan(name):
+  """Zero heads make every shared gradient zero on the first step: the balancers must give a
+  zero shared update with finite weights (IMTL and Aligned-MTL gave NaN everywhere)."""
+  import optax
+  params, batches, loss_fn = mtl_problem()
+  params = {**params, "head": {"v": jnp.zeros_like(params["head"]["v"])}}
+  trainer = mj.mtl.multitask_trainer(loss_fn, optax.adam(1e-2), mj.mtl.get(name),
+                                     num_tasks=3, donate=False)
+  state = trainer.init(params, key=KEY)
+  for _ in range(3):
+    state, metrics = trainer.step(state, batches)
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves((state.params, state.extra)))
+  assert not np.allclose(state.params["head"]["v"], 0.0)
+  assert not np.allclose(state.params["shared"]["w"], params["shared"]["w"])

@@ -9,7 +9,6 @@ import pytest
 import mtpjax as mj
 from benchmarks import mtl_toy
 
-FAMO_MIN_LOSSES = [-2.1, -21.0]  # the losses' lower bounds (FAMO needs L - min > 0), as FAMO's
 
 
 def test_the_pareto_set_is_where_the_gradients_oppose():
@@ -34,7 +33,7 @@ def test_the_pareto_set_is_where_the_gradients_oppose():
     ("equal", [True, True, False, True, True]),
 ])
 def test_which_methods_reach_the_pareto_set_from_the_published_starts(name, reached):
-  hp = {"min_losses": FAMO_MIN_LOSSES} if name == "famo" else {}
+  hp = mtl_toy.HYPERPARAMETERS.get(name, {})
   xs, losses = mtl_toy.toy_trajectories(mj.mtl.get(name, **hp), steps=35_000, every=5_000)
   assert xs.shape == (5, 8, 2) and losses.shape == (5, 8, 2)
   np.testing.assert_allclose(xs[:, 0], mj.tasks.toy.STARTS)

@@ -494,6 +494,16 @@ def test_tokenizer_handles_unicode_and_the_empty_string(tiny):
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
 
 
+def test_encode_of_one_string_is_one_embedding(tiny):
+  # A str is a Sequence[str] of characters: it must not become one embedding per character.
+  one = mj.pretrained.encode(tiny, "what is my balance", max_len=10)
+  assert one.shape == (tiny.config.hidden_size,)
+  np.testing.assert_array_equal(one, mj.pretrained.encode(tiny, ["what is my balance"],
+                                                          max_len=10)[0])
+  with pytest.raises(ValueError, match="item 1 is int"):
+    mj.pretrained.encode(tiny, ["fine", 3], max_len=10)
+
+
 # --- Labelled text sets from JSONL ---------------------------------------------------------
 
 def write_jsonl(path, rows, extra_lines=()):

@@ -7,10 +7,12 @@ A step takes one batch per task (a pytree with a leading task axis) and
   - computes every task's loss and its gradients with one jax.vmap over the tasks (the task's
     slice of the per-task roles, the shared roles as they are);
   - combines the shared roles' per-task gradients with a balancing method (mtpjax.mtl), and
-    gives each task's own roles its own gradient times its weight, as the gradient of
-    sum_i w_i L_i would;
+    gives each task's own roles its own task's gradient, unweighted, as LibMTL's gradient
+    methods do (they balance only the shared parameters): a task whose weight is 0 this step
+    (MGDA at a conflict) still trains its head;
   - for a loss-only method (equal, fixed, RLW, uncertainty, DWA, FAMO) takes instead one
-    gradient of sum_i w_i L_i, with w from the losses, and no per-task gradients at all;
+    gradient of sum_i w_i L_i, with w from the losses, and no per-task gradients at all (so
+    each task's own roles get w_i times their gradient, as LibMTL's loss weighting does);
   - applies any optax optimizer.
 
 Batches come in two layouts: one batch per task (every leaf [T, n, ...]; loss_fn returns the
@@ -21,8 +23,12 @@ head sees every example, so this costs T forward passes of the per-task roles).
 MGDA-UB (Sener & Koltun 2018) weighs the tasks by their gradients with respect to a shared
 representation instead of the shared parameters: pass `represent(params, batch) -> z` and
 `head_loss(task_params, z, batch) -> loss` (with loss_fn(p, b) == head_loss(p, represent(p, b), b))
-and any gradient method computes its weights from dL_t/dz_t, then the step is one gradient of
-sum_t w_t L_t, which costs one backward pass instead of T.
+and any gradient method computes its weights from dL_t/dz_t, then the shared roles' step is one
+gradient of sum_t w_t L_t (and the per-task roles' the gradient of sum_t L_t, one backward
+pass more through the same forward), which costs two backward passes instead of T.
+
+The balancer's state takes the dtype of the trainable parameters (float64 under
+jax_enable_x64 with float64 parameters).
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -47,6 +53,12 @@ class MultiTaskTrainer(NamedTuple):
   task_params: Callable[..., types.Params]
   num_tasks: int
   run: Optional[Callable[..., tuple]] = None  # run(state, n): n steps in one call (needs sample)
+
+
+def _float_dtype(tree):
+  """The dtype of a tree's floating leaves (float32 if it has none)."""
+  dtypes = [a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+  return jnp.result_type(*dtypes) if dtypes else jnp.float32
 
 
 def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
@@ -158,7 +170,8 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     # balancer may put one array in two fields) nor belong to the caller (params, key).
     state = trainer_lib.TrainState(jnp.zeros((), jnp.int32), params,
                                    optimizer.init(trainable(params)), jax.random.clone(key),
-                                   extra=jax.tree.map(jnp.copy, balancer.init(num_tasks)))
+                                   extra=jax.tree.map(jnp.copy, balancer.init(
+                                       num_tasks, dtype=_float_dtype(trainable(params)))))
     return state if mesh is None else sharding_lib.place(state, mesh)
 
   def task_loss(t, params, batches, fz):
@@ -181,14 +194,15 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
     return jax.vmap(lambda t, o, b: task_loss(t, {**shared, **o}, b, fz),
                     in_axes=(0, 0, axis))(jnp.arange(num_tasks), own, b)
 
-  def weighted_grads(shared, own, batches, weights_of, fz):
-    """One gradient of sum_t w_t L_t, with w = weights_of(stop_gradient(losses))."""
-    def total(shared, own):
-      losses = all_losses(shared, own, batches, fz)
-      w, aux = weights_of(jax.lax.stop_gradient(losses))
-      return jnp.sum(jax.lax.stop_gradient(w) * losses), (losses, aux)
-    (_, (losses, aux)), (g_shared, g_own) = jax.value_and_grad(
-        total, argnums=(0, 1), has_aux=True)(shared, own)
+  def weighted_grads(shared, own, batches, weights_of, fz, own_weighted=True):
+    """The gradient of sum_t w_t L_t, with w = weights_of(stop_gradient(losses)), for the
+    shared roles; for the per-task roles the same (own_weighted) or that of sum_t L_t."""
+    losses, vjp = jax.vjp(lambda s, o: all_losses(s, o, batches, fz), shared, own)
+    w, aux = weights_of(jax.lax.stop_gradient(losses))
+    w = jax.lax.stop_gradient(w).astype(losses.dtype)
+    g_shared, g_own = vjp(w)
+    if not own_weighted:
+      g_own = vjp(jnp.ones_like(losses))[1]
     return losses, aux, g_shared, g_own
 
   def step(state, batches=None):
@@ -215,7 +229,7 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
         _, bstate, info = balancer.update(losses, z_grads, state.extra, key)
         return info["weights"], (bstate, info)
       losses, (bstate, info), g_shared, g_own = weighted_grads(shared, own, batches, weights_of,
-                                                               fz)
+                                                               fz, own_weighted=False)
     else:
       axis, b = task_batches(batches)
 
@@ -225,9 +239,10 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       losses, (task_g_shared, task_g_own) = jax.vmap(one, in_axes=(0, 0, axis))(
           jnp.arange(num_tasks), own, b)
       g_shared, bstate, info = balancer.update(losses, task_g_shared, state.extra, key)
-      w = info["weights"]
-      g_own = jax.tree.map(lambda g: g * w.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype),
-                           task_g_own)
+      # Each task's own roles take its own gradient (LibMTL's habit), NaN with the update
+      # where the balancer saw a non-finite loss or gradient.
+      bad = ~jnp.all(jnp.isfinite(info["weights"]))
+      g_own = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), task_g_own)
     grads = {**g_shared, **{r: g for r, g in g_own.items() if r not in frozen}}
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable(state.params))
     params = {**state.params, **optax.apply_updates(trainable(state.params), updates)}

@@ -396,11 +396,12 @@ def load(path: Union[str, os.PathLike]) -> Pretrained:
                     pooling, normalize, max_len, path)
 
 
-def encode(path_or_loaded: Union[str, os.PathLike, Pretrained], texts: Sequence[str], *,
-           max_len: Optional[int] = None, batch_size: int = ENCODE_BATCH,
-           progress: Optional[bool] = None) -> np.ndarray:
+def encode(path_or_loaded: Union[str, os.PathLike, Pretrained],
+           texts: Union[str, Sequence[str]], *, max_len: Optional[int] = None,
+           batch_size: int = ENCODE_BATCH, progress: Optional[bool] = None) -> np.ndarray:
   """Sentence embeddings [n, d] float32, as sentence-transformers computes them for that
-  directory (its pooling and normalisation), in batches.
+  directory (its pooling and normalisation), in batches. One string gives one embedding [d]
+  (as sentence-transformers does), never one per character.
 
   Texts are sorted by length and each batch is padded to the next of a few lengths (8, 16,
   32, ...), so most batches are short and only a few shapes compile; padding cannot change
@@ -417,7 +418,14 @@ def encode(path_or_loaded: Union[str, os.PathLike, Pretrained], texts: Sequence[
   max_len = loaded.max_len if max_len is None else max_len
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
     raise ValueError(f"encode: batch_size must be a positive integer, got {batch_size!r}")
+  if isinstance(texts, str):
+    return encode(loaded, [texts], max_len=max_len, batch_size=batch_size,
+                  progress=progress)[0]
   texts = list(texts)
+  bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+  if bad:
+    raise ValueError(f"encode: texts must be strings; item {bad[0]} is "
+                     f"{type(texts[bad[0]]).__name__}")
   ids, _ = loaded.tokenize(texts, max_len)                                  # [n, max_len]
   n = len(texts)
   d = loaded.config.hidden_size
