@@ -19,7 +19,8 @@ re-exported here.
 """
 
 from mtpjax import meta, mtl, nn, pretrained, prompts, tasks
-from mtpjax._src.checkpoint import Checkpointer, CheckpointError, restore_params
+from mtpjax._src.checkpoint import (Checkpointer, CheckpointError, StructureMismatch,
+                                    restore_params)
 from mtpjax._src.data import split_episode
 from mtpjax._src.deprecation import module_getattr
 from mtpjax._src.losses import accuracy, cross_entropy, mse, supervised, weighted_cross_entropy
@@ -41,7 +42,8 @@ context_prompt = prompts.context  # a context vector (CAVIA) as a prompt
 __all__ = ["ALGORITHMS", "Algorithm", "Array", "Batch", "CheckpointError", "Checkpointer",
            "Episode", "EvalResult", "FewShotHead", "HEAD", "INNER_LR", "LossFn", "MetaLearner",
            "Model", "Net", "PRNGKey", "PROMPT", "PROMPT_SHARED", "Params", "ProtoNet", "ROLES",
-           "SHARED", "SampleFn", "TrainState", "accuracy", "local_copy", "place", "adapt", "check_finite",
+           "SHARED", "SampleFn", "StructureMismatch", "TrainState", "accuracy", "local_copy",
+           "place", "adapt", "check_finite",
            "check_mesh", "class_means", "compile_step", "compose", "context_prompt", "conv4",
            "cross_entropy", "evaluate", "get_algorithm", "identity", "linear_head",
            "make_evaluator", "mean_ci95", "meta", "meta_learner", "mixed_precision", "mlp",

@@ -117,17 +117,31 @@ def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pat
   assert ref.returncode == 0, ref.stderr[-3000:]
 
   work = tmp_path / "killed"
-  proc = subprocess.Popen(cli(work, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint exists
-    if glob.glob(str(work / "checkpoints" / "1[0-9]0")) or glob.glob(str(work / "checkpoints" / "[2-3][0-9]0")):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run finished before it could be killed; raise num_steps"
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not os.path.exists(work / "results.json")
+
+  def start_and_stop_after(pattern, sig):
+    proc = subprocess.Popen(cli(work, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # stop once a checkpoint exists
+      if any(glob.glob(str(work / "checkpoints" / p)) for p in pattern):
+        break
+      time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be stopped; raise num_steps"
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert not os.path.exists(work / "results.json")
+    return proc.returncode, err
+
+  # Ctrl-C: a checkpoint of the last finished step, one line saying how to resume, exit 130.
+  rc, err = start_and_stop_after(["[6-9]0", "1[0-9]0"], signal.SIGINT)
+  assert rc == 130, err[-3000:]
+  assert "Run the same command to resume" in err and "Traceback" not in err
+  interrupted_at = int(err.split("interrupted at step ")[1].split(":")[0])
+  assert os.path.isdir(work / "checkpoints" / str(interrupted_at)), err
+  # Then a crash (SIGKILL) of the resumed run, after a later checkpoint.
+  rc, _ = start_and_stop_after([str(s) for s in range(60, 400, 60) if s > interrupted_at],
+                               signal.SIGKILL)
+  assert rc == -signal.SIGKILL
 
   resumed = subprocess.run(cli(work, *args), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)

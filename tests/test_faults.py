@@ -250,3 +250,84 @@ def test_the_quick_start_figures_are_bitwise_reproducible_at_a_reduced_step_coun
   a, b = once(tmp_path / "a"), once(tmp_path / "b")
   assert [(r["mean"], r["ci95"]) for r in a["rows"]] == [(r["mean"], r["ci95"]) for r in b["rows"]]
   assert a["config"]["hidden"] == [40, 40] and a["config"]["meta_batch_size"] == 25
+
+
+# --- A reused workdir never loses a run -----------------------------------------------------
+
+def _files(workdir):
+  """Every file under workdir with its bytes' size and mtime: what a refused run must keep."""
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for n in names:
+      p = os.path.join(root, n)
+      if n != ".lock":
+        out[os.path.relpath(p, workdir)] = (os.path.getsize(p), os.path.getmtime(p))
+  return out
+
+
+def test_a_shape_changing_config_on_a_used_workdir_touches_nothing_and_the_run_resumes(tmp_path):
+  first = run(tmp_path, num_steps=20)
+  before = _files(tmp_path)
+  config = tiny_config(num_steps=20, hidden=(16,))
+  exp = sinusoid.build(config, _lib.make_optimizer(config))._replace(plot=None)
+  with pytest.raises(_lib.ConfigMismatch, match=r"hidden: checkpoint \[8\] vs now \[16\]"):
+    _lib.train_and_evaluate(config, str(tmp_path), exp)
+  # Allowed config changes cannot change shapes: the arrays are named, nothing is moved.
+  with pytest.raises(_lib.ConfigMismatch, match=r"params/shared.*saved \(1, 8\).*this run "
+                                                r"\(1, 16\)"):
+    _lib.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
+  assert _files(tmp_path) == before
+  assert not os.path.exists(str(tmp_path / "checkpoints") + ".unreadable")
+  again = run(tmp_path, num_steps=20)         # the original command still resumes
+  assert again["resumed_from_step"] == 20 and again["rows"] == first["rows"]
+
+
+def test_another_experiment_on_a_used_workdir_is_refused_before_any_work(tmp_path):
+  run(tmp_path, num_steps=10)
+  before = _files(tmp_path)
+  out = subprocess.run([sys.executable, "-m", "experiments.multitask", f"--workdir={tmp_path}",
+                        "--config.num_steps=2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "holds a checkpoint (step 10) of a run with another config" in out.stderr
+  assert "Traceback" not in out.stderr
+  assert _files(tmp_path) == before
+
+
+def test_input_errors_on_the_command_line_are_one_line_and_exit_2(tmp_path):
+  bad = subprocess.run(cli(tmp_path, "--config.meta_batch_size=0"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: config.meta_batch_size")
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  os.chmod(ro, 0o500)
+  try:
+    if os.access(ro, os.W_OK):
+      return  # root ignores permissions: nothing more to check here
+    out = subprocess.run(cli(ro / "run"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "Permission denied" in out.stderr
+  finally:
+    os.chmod(ro, 0o700)
+
+
+def test_a_full_disk_is_said_first_and_leaves_no_partial_checkpoint(tmp_path, monkeypatch,
+                                                                     capsys):
+  import errno
+  from experiments._lib import cli as cli_lib
+  partial = tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp-1234"
+  partial.mkdir(parents=True)
+
+  def work():  # as orbax reports it: the OSError wrapped in another error
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as e:
+      raise RuntimeError("Event loop is closed") from e
+
+  with pytest.raises(SystemExit) as exit_:
+    cli_lib._guarded(work, str(tmp_path))
+  assert exit_.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: no space left on device while writing to")
+  assert not partial.exists()

@@ -116,6 +116,15 @@ def test_test_data_on_resume_adds_rows_without_retraining(files, tmp_path):
          if r["data"] == "data.jsonl"}
   assert new == pytest.approx(old)
   assert len(again["rows"]) == len(first["rows"]) + len(ext_rows)
+  # Another method on this workdir is refused, allowed or not, and leaves the run resumable.
+  with pytest.raises(_lib.ConfigMismatch, match="method: checkpoint 'fomaml' vs now 'prompt_pool'"):
+    run(files, tmp_path, "prompt_pool", test_data=files["ext"])
+  with pytest.raises(_lib.ConfigMismatch, match="another structure"):
+    config = tiny_config(files, "prompt_pool", test_data=files["ext"])
+    exp = intents.build(config, _lib.make_optimizer(config))._replace(plot=None)
+    _lib.train_and_evaluate(config, str(tmp_path), exp, allow_config_change=True)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ckpt
+  assert not os.path.exists(str(tmp_path / "checkpoints") + ".unreadable")
 
 
 def test_test_data_errors_name_the_classes_and_counts(files, tmp_path):

@@ -1,14 +1,75 @@
 """The command line every experiment shares: python -m experiments.<name> --workdir DIR
 [--config.FIELD=VALUE ...]."""
 
+import errno
+import glob
 import os
+import shutil
 import sys
 from typing import Callable
 
 import jax
 import ml_collections
 
-from experiments._lib import env, guards, loop, report
+from experiments._lib import env, guards, loop, report, workdir as workdir_lib
+
+# Errors of the user's input or environment, not of the code: one line and exit status 2.
+# MTPJAX_TRACEBACK=1 shows the traceback of any of them.
+USER_ERRORS = (workdir_lib.ConfigMismatch, workdir_lib.WorkdirLocked, PermissionError,
+               FileNotFoundError, NotADirectoryError)
+
+
+def _disk_full(e: BaseException) -> bool:
+  """Whether an exception, or one in its chain (orbax wraps the OSError), is ENOSPC."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _fail(message: str, status: int) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _remove_partial_checkpoints(workdir: str) -> None:
+  """Orbax's temporary directories of a save that did not finish (e.g. on a full disk)."""
+  for tmp in glob.glob(os.path.join(workdir, "checkpoints", "*orbax-checkpoint-tmp*")):
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _guarded(run: Callable, workdir: str) -> None:
+  """Runs `run()` with the CLI's error presentation: input errors as one line (exit 2), a
+  full disk said first (exit 1, no partial checkpoint left), Ctrl-C with the step and how to
+  resume (exit 130). Bugs keep their traceback."""
+  if os.environ.get("MTPJAX_TRACEBACK") == "1":
+    return run()
+  try:
+    return run()
+  except guards.Interrupted as e:
+    where = (f"checkpoint {e.checkpoint} written" if e.checkpoint else
+             "no checkpoint could be written at this step; the last one in "
+             f"{os.path.join(workdir, 'checkpoints')} is kept")
+    print(f"\ninterrupted at step {e.step}: {where}. Run the same command to resume.",
+          file=sys.stderr)
+    sys.exit(130)
+  except KeyboardInterrupt:
+    print("\ninterrupted before training started; nothing was written. Run the same command "
+          "to start again.", file=sys.stderr)
+    sys.exit(130)
+  except Exception as e:  # noqa: BLE001 (sorted below; anything else re-raised)
+    if _disk_full(e):
+      _remove_partial_checkpoints(workdir)
+      _fail(f"no space left on device while writing to {workdir}: free some space (or use a "
+            f"--workdir on another disk), then run the same command to resume from the last "
+            f"checkpoint", 1)
+    if isinstance(e, USER_ERRORS) or isinstance(e, OSError) and e.errno in (errno.EROFS,
+                                                                           errno.EACCES):
+      _fail(str(e), 2)
+    raise
 
 
 def _check_config_flags(argv, default_config) -> None:
@@ -41,19 +102,43 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
   config_flags.DEFINE_config_dict("config", default_config, "experiment config; override "
                                   "fields with --config.FIELD=VALUE")
 
+  def as_input_error(fn):
+    """fn() where a ValueError or TypeError is the user's input (a bad config value, an
+    infeasible setting, a data file that does not fit): one line and exit status 2."""
+    try:
+      return fn()
+    except (ValueError, TypeError, workdir_lib.ConfigMismatch) as e:
+      if os.environ.get("MTPJAX_TRACEBACK") == "1":
+        raise
+      _fail(str(e), 2)
+
+  def configured():
+    """The resolved, checked config."""
+    config = resolve(flags.FLAGS.config)
+    guards.check_config(config, algorithms, meta=meta)
+    workdir_lib.check_workdir(flags.FLAGS.workdir)
+    # Before any costly setup (intents computes features for half a minute): a workdir
+    # holding another run's checkpoints is refused now, touching nothing.
+    loop.check_resumable(config, flags.FLAGS.workdir,
+                         allow_config_change=flags.FLAGS.allow_config_change)
+    return config
+
   def run(argv):
     del argv
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    config = resolve(flags.FLAGS.config)
-    guards.check_config(config, algorithms, meta=meta)
-    env.apply_xla_flags(config.get("xla_flags"))
-    env.initialize_from_env()  # a multi-process launch (docs: scaling)
-    experiment = build(config, loop.make_optimizer(config))
-    results = loop.train_and_evaluate(config, flags.FLAGS.workdir, experiment,
-                                 allow_config_change=flags.FLAGS.allow_config_change)
-    if jax.process_index() == 0:
-      print(report.results_table(results))
-      print(f"wrote {os.path.join(flags.FLAGS.workdir, 'results.json')}")
+    config = as_input_error(configured)
+
+    def work():
+      env.apply_xla_flags(config.get("xla_flags"))
+      env.initialize_from_env()  # a multi-process launch (docs: scaling)
+      experiment = as_input_error(lambda: build(config, loop.make_optimizer(config)))
+      results = loop.train_and_evaluate(config, flags.FLAGS.workdir, experiment,
+                                        allow_config_change=flags.FLAGS.allow_config_change)
+      if jax.process_index() == 0:
+        print(report.results_table(results))
+        print(f"wrote {os.path.join(flags.FLAGS.workdir, 'results.json')}")
+
+    _guarded(work, flags.FLAGS.workdir)
 
   app.run(run)

@@ -15,6 +15,15 @@ class NonFiniteError(FloatingPointError):
   pass
 
 
+class Interrupted(Exception):
+  """Ctrl-C in the training loop: `step` reached, `checkpoint` the directory written then (or
+  None when none could be written, e.g. mid-step with the state donated)."""
+
+  def __init__(self, step: int, checkpoint: Optional[str]):
+    super().__init__(f"interrupted at step {step}")
+    self.step, self.checkpoint = step, checkpoint
+
+
 def check_config(config: ml_collections.ConfigDict, algorithms=None, *,
                  meta: bool = True) -> None:
   """Clear errors for the fields every experiment shares, before anything compiles.

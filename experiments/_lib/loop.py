@@ -85,23 +85,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experime
                                allow_config_change=allow_config_change)
 
 
+def _config_mismatch(found, cfg: dict, workdir: str, allow_config_change: bool) -> None:
+  """ConfigMismatch when the newest checkpoint's saved config (found: (metadata, step) or
+  None) differs from cfg and the change is not allowed."""
+  diff = [] if found is None else workdir_lib.config_diff(found[0].get("config", {}), cfg)
+  if diff and not allow_config_change:
+    raise workdir_lib.ConfigMismatch(
+        f"{workdir} holds a checkpoint (step {found[1]}) of a run with another config:\n  "
+        + "\n  ".join(diff)
+        + "\nUse a new --workdir, or pass --allow_config_change to resume with the new config.")
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str, *,
+                    allow_config_change: bool = False) -> None:
+  """The config comparison of a resume, alone: reads only the newest checkpoint's metadata,
+  so an experiment can run it before any costly setup (intents' feature computation)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  ckpt = mj.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    _config_mismatch(ckpt.metadata(), json.loads(json.dumps(config.to_dict())), workdir,
+                     allow_config_change)
+  finally:
+    ckpt.close()
+
+
 def _resume(ckpt: mj.Checkpointer, state, cfg: dict, workdir: str, allow_config_change: bool):
   """(state, resumed_from_step or None, timing) from the newest checkpoint in the workdir.
 
   The saved config is compared before any restore: a run with another config (a changed
   shape, another method, another experiment) is a ConfigMismatch that touches no file, so the
-  original command still resumes.
+  original command still resumes. With --allow_config_change, a checkpoint whose arrays do
+  not fit this run is a ConfigMismatch too (naming the arrays), and nothing is moved.
   """
   timing_ = {"timed_steps": 0, "timed_seconds": 0.0, "compile_seconds": 0.0}
-  found = ckpt.metadata()  # None: no checkpoint, or none whose metadata reads
-  diff = [] if found is None else workdir_lib.config_diff(found[0].get("config", {}), cfg)
-  if diff and not allow_config_change:
-    step = found[1]
+  _config_mismatch(ckpt.metadata(), cfg, workdir, allow_config_change)
+  try:
+    restored = ckpt.restore(like=state)
+  except mj.StructureMismatch as e:
     raise workdir_lib.ConfigMismatch(
-        f"{workdir} holds a checkpoint (step {step}) of a run with another config:\n  "
-        + "\n  ".join(diff)
-        + "\nUse a new --workdir, or pass --allow_config_change to resume with the new config.")
-  restored = ckpt.restore(like=state)
+        f"{e}\nA changed shape cannot resume, even with --allow_config_change: use a new "
+        f"--workdir (this one's run resumes with its own command).") from None
   if restored is None:
     return state, None, timing_
   state, meta, resumed_from = restored
@@ -173,7 +197,8 @@ class _Loop:
           f"turns the check off).")
 
   def train(self, state, history, metrics_path, primary):
-    """Runs to config.num_steps; returns (state, wall seconds)."""
+    """Runs to config.num_steps; returns (state, wall seconds). Ctrl-C writes a checkpoint
+    of the last finished step where it can and raises guards.Interrupted."""
     config, num_steps = self.config, self.config.num_steps
     per_call = config.get("steps_per_call", 1)
     start = int(state.step)
@@ -182,40 +207,59 @@ class _Loop:
                     disable=not (config.progress and primary), dynamic_ncols=True,
                     file=sys.stderr)
     t_wall = time.perf_counter()
-    with (open(metrics_path, "a") if primary else open(os.devnull, "w")) as mfile, \
-         timing.compile_timer(self.compiled):
-      step = start
-      while step < num_steps:
-        # Up to the next multiple of steps_per_call (or num_steps), in one call.
-        n = min(per_call - step % per_call, num_steps - step)
-        state, metrics = self.learner.run(state, n)
-        step += n
-        window.append(metrics)
-        if t0 is None:  # the first call in this process compiles: time the rest
-          jax.block_until_ready(metrics)
-          t0, t_log, steps_at_t0, window_steps = time.perf_counter(), time.perf_counter(), step, 0
-        else:
-          window_steps += n
-        if step % config.log_every == 0 or step == num_steps:
-          now = time.perf_counter()
-          speed = window_steps / max(now - t_log, 1e-9) if step > steps_at_t0 else None
-          row = self.log_row(window, step, speed, state)
-          mfile.write(json.dumps(row) + "\n")
-          mfile.flush()
-          history.append(row)
-          self.check(row, state, history)
-          bar.set_postfix(loss=f"{row['loss']:.4f}")
-          bar.update(step - bar.n)
-          window, t_log, window_steps = [], now, 0
-        if step % config.checkpoint_every == 0 or step == num_steps:
-          jax.block_until_ready(state)
-          self.timing["timed_steps"] += step - steps_at_t0
-          self.timing["timed_seconds"] += time.perf_counter() - t0
-          t0, steps_at_t0 = time.perf_counter(), step
-          self.save(state)
+    step = start
+    try:
+      with (open(metrics_path, "a") if primary else open(os.devnull, "w")) as mfile, \
+           timing.compile_timer(self.compiled):
+        while step < num_steps:
+          # Up to the next multiple of steps_per_call (or num_steps), in one call.
+          n = min(per_call - step % per_call, num_steps - step)
+          state, metrics = self.learner.run(state, n)
+          step += n
+          window.append(metrics)
+          if t0 is None:  # the first call in this process compiles: time the rest
+            jax.block_until_ready(metrics)
+            t0, t_log, steps_at_t0, window_steps = (time.perf_counter(), time.perf_counter(),
+                                                    step, 0)
+          else:
+            window_steps += n
+          if step % config.log_every == 0 or step == num_steps:
+            now = time.perf_counter()
+            speed = window_steps / max(now - t_log, 1e-9) if step > steps_at_t0 else None
+            row = self.log_row(window, step, speed, state)
+            mfile.write(json.dumps(row) + "\n")
+            mfile.flush()
+            history.append(row)
+            self.check(row, state, history)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.update(step - bar.n)
+            window, t_log, window_steps = [], now, 0
+          if step % config.checkpoint_every == 0 or step == num_steps:
+            jax.block_until_ready(state)
+            self.timing["timed_steps"] += step - steps_at_t0
+            self.timing["timed_seconds"] += time.perf_counter() - t0
+            t0, steps_at_t0 = time.perf_counter(), step
+            self.save(state)
+    except KeyboardInterrupt:
+      bar.close()
+      raise guards.Interrupted(step, self.save_if_possible(state)) from None
     bar.close()
     self.timing["compile_seconds"] = self.compile_before + self.compiled["seconds"]
     return state, time.perf_counter() - t_wall
+
+  def save_if_possible(self, state) -> Optional[str]:
+    """The checkpoint directory holding `state` after an interrupt, or None: a state whose
+    buffers were donated to an unfinished step, or a failing save, writes nothing."""
+    try:
+      leaves = jax.tree.leaves((state.params, state.opt_state))
+      if any(a.is_deleted() for a in leaves if isinstance(a, jax.Array)):
+        return None
+      step = int(state.step)
+      if step not in self.ckpt.steps():
+        self.save(state)
+      return os.path.join(self.ckpt.directory, str(step))
+    except (Exception, KeyboardInterrupt):  # a second Ctrl-C, a full disk, non-finite state
+      return None
 
   def log_row(self, window, step, speed, state) -> dict:
     host = jax.device_get(window)  # the only host sync in the loop

@@ -19,6 +19,35 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the run."""
 
 
+class StructureMismatch(CheckpointError):
+  """A readable checkpoint of another structure (another model, method or experiment): it is
+  left where it is, so the run that wrote it still resumes."""
+
+
+def _path_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _layout(tree) -> dict:
+  """{"params/w": (shape, dtype)} for every array of a tree as orbax stores it (dicts,
+  NamedTuples and metadata trees alike)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+  return {"/".join(_path_name(k) for k in path): (tuple(v.shape), str(v.dtype))
+          for path, v in flat if hasattr(v, "shape")}
+
+
+def _layout_diff(saved: dict, wanted: dict, limit: int = 6) -> list:
+  order = lambda k: (not k.startswith("params"), k)  # the parameters first: they say most
+  lines = [f"{k}: saved {saved[k][0]} {saved[k][1]}, this run {wanted[k][0]} {wanted[k][1]}"
+           for k in sorted(set(saved) & set(wanted), key=order) if saved[k] != wanted[k]]
+  lines += [f"{k}: only in the checkpoint" for k in sorted(set(saved) - set(wanted))]
+  lines += [f"{k}: only in this run" for k in sorted(set(wanted) - set(saved))]
+  return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
 def _is_key(x) -> bool:
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -67,11 +96,15 @@ class Checkpointer:
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
     self.directory = os.path.abspath(directory)
+    # The handlers are named up front so that a checkpoint's array metadata (names, shapes,
+    # dtypes) reads before any restore, in a fresh process too.
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=True))
+                                             cleanup_tmp_directories=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -98,8 +131,11 @@ class Checkpointer:
   def restore(self, like: trainer_lib.TrainState, step: Optional[int] = None):
     """Restores the newest readable checkpoint (or `step`) into the structure of `like`.
 
-    Returns (state, metadata, step), or None when the directory holds no checkpoint. An
-    unreadable checkpoint is skipped with a warning; if none is readable, CheckpointError.
+    Returns (state, metadata, step), or None when the directory holds no checkpoint. A
+    checkpoint whose arrays differ from `like`'s (names, shapes or dtypes, read from its
+    metadata) is StructureMismatch, naming the differences, and nothing is moved. Only a
+    checkpoint whose bytes cannot be read is moved aside to `<directory>.unreadable/`, with
+    a warning, for an older one; if none is readable, CheckpointError.
     """
     steps = self.steps() if step is None else [step]
     if not steps:
@@ -109,13 +145,27 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         _to_tree(like))
+    wanted = _layout(_to_tree(like))
     errors = []
     for s in reversed(steps):
+      try:
+        saved = _layout(self._manager.item_metadata(s)["state"].tree)
+      except Exception:  # unreadable metadata: the restore below reports it
+        saved = None
+      if saved is not None and saved != wanted:
+        raise StructureMismatch(
+            f"checkpoint {os.path.join(self.directory, str(s))} holds a state of another "
+            f"structure (another model, method or experiment); it was left in place:\n  "
+            + "\n  ".join(_layout_diff(saved, wanted)))
       try:
         out = self._manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return _from_tree(out.state, like), out.meta, s
       except Exception as e:  # orbax raises several types for truncated/garbled files
+        if "not compatible with the stored shape" in str(e):  # readable, another structure
+          raise StructureMismatch(
+              f"checkpoint {os.path.join(self.directory, str(s))} holds arrays of other "
+              f"shapes; it was left in place: {str(e)[:300]}") from None
         msg = f"checkpoint {os.path.join(self.directory, str(s))} is unreadable ({type(e).__name__}: {str(e)[:200]})"
         errors.append(msg)
         aside = self._move_aside(s)
