@@ -95,6 +95,9 @@ def test_mean_ci95():
   mean, ci = mj.mean_ci95(v)
   assert mean == 2.5
   assert math.isclose(ci, 1.96 * np.std(v, ddof=1) / 2.0)
+  with pytest.warns(UserWarning, match="one value has no confidence interval"):
+    mean, ci = mj.mean_ci95([0.7])
+  assert mean == 0.7 and math.isnan(ci)   # not a reassuring 0.0
 
 
 def _learner(algorithm="maml", **kw):

@@ -299,6 +299,17 @@ def test_input_errors_on_the_command_line_are_one_line_and_exit_2(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1].startswith("error: config.meta_batch_size")
+  # An integer field refuses 40.5 (a layer of 40 units would be built without a word).
+  frac = subprocess.run(cli(tmp_path, "--config.hidden=(40.5,)"), cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert frac.returncode == 2 and "Traceback" not in frac.stderr
+  assert "error: config.hidden must be a list of integers" in frac.stderr and "40.5" in frac.stderr
+  assert not (tmp_path / "config.json").exists()
+  # --help lists every field with its default, and the methods.
+  helped = subprocess.run([sys.executable, "-m", "experiments.intents", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert helped.returncode == 0
+  assert "--config.num_steps=" in helped.stdout and "prompt_pool" in helped.stdout
   ro = tmp_path / "ro"
   ro.mkdir()
   os.chmod(ro, 0o500)

@@ -552,6 +552,23 @@ def test_load_jsonl_errors_name_the_line(tmp_path):
     ts.subset(["y"])
 
 
+def test_load_jsonl_takes_a_bom_and_refuses_mixed_label_fields_or_domains(tmp_path):
+  rows = [{"text": "a", "intent": "x", "domain": "d"}, {"text": "b", "intent": "y", "domain": "d"}]
+  path = tmp_path / "bom.jsonl"
+  path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+  ts = mj.tasks.text.load_jsonl(str(path))                  # a spreadsheet export's BOM
+  assert ts.classes == ["x", "y"] and ts.groups == ["d", "d"]
+  # 1 and "1" would be two classes both named '1'.
+  with pytest.raises(ValueError, match=r"line 2 labels its class with 'label', but line 1 "
+                                       r"with 'intent'"):
+    mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "mix.jsonl", [
+        {"text": "a", "intent": "1"}, {"text": "b", "label": 1}]))
+  # One line without a domain would silently turn the grouping off.
+  with pytest.raises(ValueError, match=r"line\(s\) 3 lacks a 'domain' field, unlike the other 2"):
+    mj.tasks.text.load_jsonl(write_jsonl(tmp_path / "dom.jsonl", rows + [
+        {"text": "c", "intent": "z"}]))
+
+
 @pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, "clinc150.jsonl")),
                     reason=f"clinc150.jsonl not found under {DATA}")
 def test_clinc150_has_150_intents_in_10_domains_without_out_of_scope():

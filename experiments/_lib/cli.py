@@ -88,13 +88,37 @@ def _check_config_flags(argv, default_config) -> None:
         sys.exit(2)
 
 
+def usage(default_config: ml_collections.ConfigDict, choices=None) -> str:
+  """--help: the command, every config field with its default, and the methods."""
+  prog = os.path.basename(sys.argv[0])
+  module = ("experiments." + os.path.splitext(prog)[0]) if prog.endswith(".py") else prog
+  lines = [f"usage: python -m {module} --workdir DIR [--config.FIELD=VALUE ...] "
+           f"[--allow_config_change]", "",
+           "  --workdir DIR           config, metrics, checkpoints and results; a rerun with "
+           "the same command resumes",
+           "  --allow_config_change   resume a checkpoint whose config differs (shapes may "
+           "not change)", "", "config fields (default):"]
+  for name, value in sorted(default_config.items()):
+    lines.append(f"  --config.{name}={value!r}")
+  if choices:
+    field = "method" if "method" in default_config else "algorithm"
+    lines += ["", f"config.{field} is one of: {', '.join(sorted(choices))}"]
+  return "\n".join(lines)
+
+
 def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable,
          algorithms=None, *, meta: bool = True) -> None:
   """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...]."""
   from absl import app, flags
   from ml_collections import config_flags
 
+  if any(a in ("-h", "--help", "-help") for a in sys.argv[1:]):
+    import mtpjax as mj
+    print(usage(default_config, algorithms if algorithms is not None
+                else (mj.ALGORITHMS if meta else None)))
+    sys.exit(0)
   _check_config_flags(sys.argv[1:], default_config)
+  defaults = default_config.copy_and_resolve_references()  # the flags override the original
   flags.DEFINE_string("workdir", None, "directory for config, metrics, checkpoints, results",
                       required=True)
   flags.DEFINE_bool("allow_config_change", False,
@@ -114,6 +138,7 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
 
   def configured():
     """The resolved, checked config."""
+    guards.check_integer_fields(flags.FLAGS.config, defaults)
     config = resolve(flags.FLAGS.config)
     guards.check_config(config, algorithms, meta=meta)
     workdir_lib.check_workdir(flags.FLAGS.workdir)

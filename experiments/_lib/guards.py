@@ -24,6 +24,25 @@ class Interrupted(Exception):
     self.step, self.checkpoint = step, checkpoint
 
 
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_integer_fields(config: ml_collections.ConfigDict,
+                         defaults: ml_collections.ConfigDict) -> None:
+  """Fields whose default is an integer, or a tuple of integers, must stay integers: a layer
+  of 40.5 units would otherwise be built with 40 without a word."""
+  for name, default in defaults.items():
+    if name not in config:
+      continue
+    value = config[name]
+    if _is_int(default) and not _is_int(value) and value is not None:
+      raise ValueError(f"config.{name} must be an integer, got {value!r}")
+    if (isinstance(default, (tuple, list)) and default and all(map(_is_int, default))
+        and isinstance(value, (tuple, list)) and not all(map(_is_int, value))):
+      raise ValueError(f"config.{name} must be a list of integers, got {tuple(value)!r}")
+
+
 def check_config(config: ml_collections.ConfigDict, algorithms=None, *,
                  meta: bool = True) -> None:
   """Clear errors for the fields every experiment shares, before anything compiles.

@@ -1,6 +1,7 @@
 """Evaluation: adapt on each held-out task's support set, score its query set at every step."""
 
 import math
+import warnings
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -12,12 +13,19 @@ from mtpjax._src import types, validate
 
 
 def mean_ci95(values) -> tuple[float, float]:
-  """Mean and half-width of the normal 95% interval, 1.96 * std / sqrt(n) (std with ddof=1)."""
+  """Mean and half-width of the normal 95% interval, 1.96 * std / sqrt(n) (std with ddof=1).
+
+  One value has no spread to estimate: its half-width is NaN, with a warning, never a
+  reassuring 0.
+  """
   v = np.asarray(values, np.float64).reshape(-1)
   if v.size == 0:
     raise ValueError("mean_ci95: no values")
-  std = v.std(ddof=1) if v.size > 1 else 0.0
-  return float(v.mean()), float(1.96 * std / math.sqrt(v.size))
+  if v.size == 1:
+    warnings.warn("mean_ci95: one value has no confidence interval (NaN); evaluate on more "
+                  "tasks (e.g. config.eval_tasks >= 2)", stacklevel=2)
+    return float(v[0]), float("nan")
+  return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
 
 
 class EvalResult(NamedTuple):

@@ -178,17 +178,22 @@ def load_jsonl(path: str, *, exclude: Sequence[str] = ("oos",),
     splits: keep only lines whose "split" is one of these (e.g. ("train",)); None keeps all.
 
   Classes are sorted by name (integer labels by value), so the same file always gives the same
-  class indices. Errors name the file, the line and what is wrong.
+  class indices. A file labels its classes one way: "intent" on every line or "label" on
+  every line (1 and "1" would otherwise be two classes both named '1'), and gives "domain"
+  on every line or on none. A UTF-8 byte-order mark (spreadsheet exports) is skipped.
+  Errors name the file, the line and what is wrong.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"load_jsonl: no file at {path}")
   texts, names, domains = [], [], {}
   dropped = 0
+  first_kind = None       # (field, line) of the first labelled line: "intent" or "label"
+  with_domain, without_domain = [], []  # line numbers, for a mixed presence of "domain"
   with open(path, "rb") as f:
     for number, raw in enumerate(f, start=1):
       where = f"{path}, line {number}"
       try:
-        line = raw.decode("utf-8").strip()
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
       except UnicodeDecodeError:
         raise ValueError(f"load_jsonl: {where} is not UTF-8") from None
       if not line:
@@ -199,6 +204,14 @@ def load_jsonl(path: str, *, exclude: Sequence[str] = ("oos",),
         raise ValueError(f"load_jsonl: {where} is not JSON: {e}") from None
       if not isinstance(row, dict) or not isinstance(row.get("text"), str):
         raise ValueError(f"load_jsonl: {where} needs a string field 'text'")
+      kind = "intent" if "intent" in row else "label"
+      if first_kind is None:
+        first_kind = (kind, number)
+      elif kind != first_kind[0]:
+        raise ValueError(f"load_jsonl: {where} labels its class with {kind!r}, but line "
+                         f"{first_kind[1]} with {first_kind[0]!r}; use one field in a file "
+                         f"(1 and \"1\" would become two classes both named '1')")
+      (with_domain if "domain" in row else without_domain).append(number)
       if "intent" in row:
         name = row["intent"]
         if not isinstance(name, str):
@@ -222,6 +235,12 @@ def load_jsonl(path: str, *, exclude: Sequence[str] = ("oos",),
         if domains.setdefault(name, row["domain"]) != row["domain"]:
           raise ValueError(f"load_jsonl: {where}: class {name!r} is in domain "
                            f"{row['domain']!r} here and {domains[name]!r} before")
+  if with_domain and without_domain:
+    few, many = sorted((with_domain, without_domain), key=len)
+    field = "has" if few is with_domain else "lacks"
+    raise ValueError(f"load_jsonl: {path}: line(s) {', '.join(map(str, few[:5]))}"
+                     f"{' ...' if len(few) > 5 else ''} {field} a 'domain' field, unlike the "
+                     f"other {len(many)} line(s); give every line a domain or none")
   if not texts:
     raise ValueError(f"load_jsonl: {path} has no examples (after splits={splits}, "
                      f"exclude={list(exclude)})")
