@@ -102,6 +102,31 @@ def usable_classes(split: Split, ways, shots, queries, setting) -> Optional[list
   return keep
 
 
+def check_feasible(config, splits: dict, settings) -> None:
+  """Errors before any work (features, compilation) for a setting a split cannot fill: the
+  training episodes (when the method trains on episodes) and every test setting on the
+  validation and test splits. An extra test file (config.test_data) only skips its
+  infeasible settings, with a warning."""
+  def classes_with(split, need):
+    counts = np.bincount(split.texts.labels, minlength=len(split.texts.classes))
+    return int(np.sum(counts >= need))
+
+  wanted = [(splits["val"], w, s) for w, s in settings] + [
+      (splits["test"], w, s) for w, s in settings]
+  if config.num_steps > 0 and METHODS[config.method].training == "episodic":
+    wanted.insert(0, (splits["train"], config.ways, config.shots))
+  for split, ways, shots in wanted:
+    need = shots + config.queries
+    have = classes_with(split, need)
+    if have < ways:
+      field = ("config.ways / config.shots" if split.kind == "train"
+               else "config.eval_settings")
+      raise ValueError(f"{split.name}: {ways}-way {shots}-shot episodes need {ways} classes "
+                       f"with at least shots + queries = {need} examples each, and {have} of "
+                       f"its {len(split.texts.classes)} classes have them; lower {field} or "
+                       f"config.queries")
+
+
 def featurize(enc, kind: str, split: Split, entry_layer: int, shared=None) -> Optional[dict]:
   """The per-utterance arrays an episode gathers with the ids (see FEATURES)."""
   if kind == "ids" or (kind == "lower" and entry_layer == 0):
@@ -220,6 +245,7 @@ def build(config, optimizer) -> _lib.Experiment:
     raise ValueError(f"config.entry_layer must be in [0, {depth}) for this {depth}-layer "
                      f"encoder, got {config.entry_layer!r}")
   splits = load_splits(config, enc)
+  check_feasible(config, splits, settings)
   kind = FEATURES[method]
   d = enc.config.hidden_size
   feats = {}
@@ -467,8 +493,8 @@ def make_plots(workdir, config, history, extras):
   import matplotlib.pyplot as plt
   paths = _lib.plot_training_curve(workdir, history, metric="cross-entropy",
                                      title=f"intents, {config.method}")
-  if "test" not in extras:
-    return paths
+  if "test" not in extras or all(len(res.steps()) < 2 for res, _ in extras["test"].values()):
+    return paths  # one inner-step count (a frozen baseline): a plot of one point says nothing
   fig, ax = plt.subplots(figsize=(6, 4))
   for setting, (res, best) in extras["test"].items():
     mean, ci = res.curve("accuracy")

@@ -93,23 +93,9 @@ def build(config, optimizer) -> _lib.Experiment:
 
 
 def make_plots(workdir, config, history):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  steps = [h["step"] for h in history]
-  paths = []
-  for key, label, name in (("task_losses", "training MSE", "task_losses.png"),
-                           ("weights", "task weight", "weights.png")):
-    values = np.asarray([h[key] for h in history])  # [logs, T]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for t in range(values.shape[1]):
-      ax.plot(steps, values[:, t], label=f"task {t}")
-    ax.set(xlabel="step", ylabel=label, yscale="log" if key == "task_losses" else "linear",
-           title=f"{config.method}, {config.arch}, correlation {config.correlation}")
-    ax.legend()
-    paths.append(_lib.save_figure(fig, workdir, name))
-  return paths
+  return _lib.plot_task_curves(
+      workdir, history, loss_label="training MSE",
+      title=f"{config.method}, {config.arch}, correlation {config.correlation}")
 
 
 if __name__ == "__main__":

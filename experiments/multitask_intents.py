@@ -235,7 +235,12 @@ def build(config, optimizer) -> _lib.Experiment:
   facts = {"domains": tasks, "heldout_domains": list(config.heldout_domains),
            "trained_parameters": count({r: v for r, v in params.items() if r != S}),
            "train_utterances_per_domain": int(n_train)}
-  return _lib.Experiment("multitask_intents", trainer, params, evaluate, None, facts=facts,
+  def plot(workdir, params, history, extras):
+    del params, extras
+    return _lib.plot_task_curves(workdir, history, loss_label="training cross-entropy",
+                                 title=f"multitask_intents, {config.method}")
+
+  return _lib.Experiment("multitask_intents", trainer, params, evaluate, plot, facts=facts,
                            mesh=mesh)
 
 

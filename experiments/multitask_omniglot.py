@@ -106,7 +106,12 @@ def build(config, optimizer) -> _lib.Experiment:
 
   facts = {"alphabets": names, "characters": [len(c) for c in chars],
            "parameters": int(sum(a.size for a in jax.tree.leaves(params)))}
-  return _lib.Experiment("multitask_omniglot", trainer, params, evaluate, None, facts=facts,
+  def plot(workdir, params, history, extras):
+    del params, extras
+    return _lib.plot_task_curves(workdir, history, loss_label="training cross-entropy",
+                                 title=f"multitask_omniglot, {config.method}")
+
+  return _lib.Experiment("multitask_omniglot", trainer, params, evaluate, plot, facts=facts,
                            mesh=mesh)
 
 

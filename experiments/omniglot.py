@@ -128,18 +128,20 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
   paths = _lib.plot_training_curve(
       workdir, history, metric="cross-entropy",
       title=f"Omniglot {config.ways}-way {config.shots}-shot, {name}")
-  # 2. Accuracy against inner steps, one line per test setting, with the 95% interval.
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for setting, res in results.items():
-    mean, ci = res.curve("accuracy")
-    xs = np.arange(len(mean))
-    ax.errorbar(xs, 100 * mean, yerr=100 * ci, marker="o", capsize=3, label=setting)
-    ax.set_xticks(xs)
-  ax.set(xlabel="inner gradient steps" if not protonet else "(ProtoNet: no inner steps)",
-         ylabel="test accuracy (%)",
-         title=f"{name}\n{config.eval_tasks} test episodes per setting, 95% CI")
-  ax.legend()
-  paths.append(_lib.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
+  # 2. Accuracy against inner steps, one line per test setting, with the 95% interval; not
+  # for one inner-step count (ProtoNet): a plot of one point says nothing.
+  if max(len(res.curve("accuracy")[0]) for res in results.values()) > 1:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting, res in results.items():
+      mean, ci = res.curve("accuracy")
+      xs = np.arange(len(mean))
+      ax.errorbar(xs, 100 * mean, yerr=100 * ci, marker="o", capsize=3, label=setting)
+      ax.set_xticks(xs)
+    ax.set(xlabel="inner gradient steps",
+           ylabel="test accuracy (%)",
+           title=f"{name}\n{config.eval_tasks} test episodes per setting, 95% CI")
+    ax.legend()
+    paths.append(_lib.save_figure(fig, workdir, "accuracy_vs_inner_steps.png"))
 
   # 3. One test episode: its support images, and its query images with the predictions.
   ways, shots = shown  # the episode shown: (ways, shots) of the first test setting

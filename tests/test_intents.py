@@ -95,6 +95,20 @@ def test_the_default_class_split_is_disjoint_fixed_and_covers_clinc150():
   assert len(set(flat)) == len(flat) and sorted(flat) == sorted(config_lib.CLINC_DOMAINS)
 
 
+@pytest.mark.parametrize("overrides,match", [
+    (dict(ways=200), r"train domains: 200-way 1-shot episodes need 200 classes.*lower "
+                     r"config.ways / config.shots"),
+    (dict(eval_settings=("200x1",)), r"val domains: 200-way 1-shot episodes need 200 classes"
+                                     r".*lower config.eval_settings"),
+])
+def test_infeasible_settings_are_errors_before_any_work(files, tmp_path, overrides, match):
+  # They warned, then crashed in training ('NoneType' has no attribute 'sample') or exited 0
+  # with no rows and an empty plot.
+  with pytest.raises(ValueError, match=match):
+    run(files, tmp_path, "fomaml", **overrides)
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_overlapping_or_unknown_domains_are_clear_errors(files, tmp_path):
   with pytest.raises(ValueError, match="group 'd0' is in both the 'train' and the 'val' splits"):
     run(files, tmp_path / "a", "frozen_prototypes", val_domains=("d0",))

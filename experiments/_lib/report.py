@@ -20,9 +20,17 @@ def format_value(v) -> str:
   return f"{v:.4f}"
 
 
+def format_speed(v: float) -> str:
+  """Steps per second with three significant figures (0.18, not 0)."""
+  return f"{v:.3g}" if v < 1000 else f"{v:,.0f}"
+
+
 def results_table(results: dict) -> str:
+  """The printed results: one line of facts, then a table of every row. Episodic rows get a
+  `split` column wherever the rows carry one (validation rows choose, test rows report)."""
+  speed = results["meta_steps_per_sec"]
   head = (f"{results['benchmark']} / {results['algorithm']}: {results['num_steps']} meta-steps, "
-          + (f"{results['meta_steps_per_sec']:.0f} meta-steps/s, " if results['meta_steps_per_sec'] else "")
+          + (f"{format_speed(speed)} meta-steps/s, " if speed else "")
           + f"{results['backend']}")
   rows = results["rows"]
   if rows and "metric" not in rows[0]:  # not episodic (multi-task): one column per field
@@ -32,11 +40,16 @@ def results_table(results: dict) -> str:
     lines = [head, " ".join(f"{c:>{width[c]}}" for c in cols)]
     lines += [" ".join(f"{cell(r.get(c, '-')):>{width[c]}}" for c in cols) for r in rows]
     return "\n".join(lines)
+  split = any("split" in r for r in rows)
+  data = len({r.get("data") for r in rows}) > 1
   lines = [head,
-           f"{'metric':<10} {'setting':<12} {'inner steps':>11} {'mean':>11} {'95% CI':>11} "
+           (f"{'split':<6} " if split else "") + (f"{'data':<16} " if data else "")
+           + f"{'metric':<10} {'setting':<12} {'inner steps':>11} {'mean':>11} {'95% CI':>11} "
            f"{'episodes':>9} {'diverged':>9}"]
-  for r in results["rows"]:
-    lines.append(f"{r['metric']:<10} {r['setting']:<12} {r['inner_steps']:>11} "
+  for r in rows:
+    lines.append((f"{r.get('split', '-'):<6} " if split else "")
+                 + (f"{str(r.get('data', '-')):<16} " if data else "")
+                 + f"{r['metric']:<10} {r['setting']:<12} {r['inner_steps']:>11} "
                  f"{format_value(r['mean']):>11} {format_value(r['ci95']):>11} "
                  f"{r['episodes']:>9} {r.get('nonfinite', 0):>9}")
   return "\n".join(lines)
