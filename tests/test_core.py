@@ -398,3 +398,25 @@ def test_conv4_meta_gradient_is_the_same_for_every_conv_implementation():
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
   with pytest.raises(ValueError, match="conv_impl must be one of"):
     mj.conv4(conv_impl="fft")
+
+
+@pytest.mark.parametrize("module,old,new", [
+    ("mtpjax", "MetaState", "mtpjax.TrainState"),
+    ("mtpjax", "mesh_from_env", "experiments._lib.env.mesh_from_env"),
+    ("mtpjax", "initialize_from_env", "experiments._lib.env.initialize_from_env"),
+    ("mtpjax.mtl", "MultiTaskState", "mtpjax.TrainState"),
+    ("mtpjax.mtl", "TOY_STARTS", "mtpjax.tasks.toy.STARTS"),
+    ("mtpjax.mtl", "toy_losses", "mtpjax.tasks.toy.toy_losses"),
+    ("mtpjax.mtl", "pareto_x2", "mtpjax.tasks.toy.pareto_x2"),
+    ("mtpjax.mtl", "on_pareto_set", "mtpjax.tasks.toy.on_pareto_set"),
+    ("mtpjax.mtl", "toy_trajectories", "benchmarks.mtl_toy.toy_trajectories"),
+])
+def test_old_public_names_still_work_with_a_deprecation_warning(module, old, new):
+  import importlib
+  mod = importlib.import_module(module)
+  with pytest.warns(DeprecationWarning, match=rf"{module}.{old} is deprecated .* use {new}"):
+    value = getattr(mod, old)
+  where, name = new.rsplit(".", 1)
+  assert value is getattr(importlib.import_module(where), name)
+  with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+    getattr(mod, "no_such_name")
