@@ -233,213 +233,242 @@ def check_method_fields(config):
     raise ValueError("reptile needs config.inner_steps >= 1")
 
 
-def build(config, optimizer) -> _lib.Experiment:
-  t_build = time.perf_counter()
-  check_method_fields(config)
-  settings = _lib.parse_settings(config.eval_settings)
-  method = config.method
-  encoder_path = config.encoder or env.data_file("all-MiniLM-L6-v2")
-  enc = mj.pretrained.load(encoder_path)
-  depth = enc.config.num_hidden_layers
-  if isinstance(config.entry_layer, bool) or not 0 <= config.entry_layer < depth:
-    raise ValueError(f"config.entry_layer must be in [0, {depth}) for this {depth}-layer "
-                     f"encoder, got {config.entry_layer!r}")
-  splits = load_splits(config, enc)
-  check_feasible(config, splits, settings)
-  kind = FEATURES[method]
-  d = enc.config.hidden_size
-  feats = {}
+class _Run:
+  """One intents run's pieces, shared by its stages (model, training, evaluation): the
+  encoder, the data splits, their per-utterance features (computed once, on first use) and
+  the heads and learners of every way count. build() composes them."""
 
-  def features(name, shared=None):
-    if name not in feats or shared is not None:
-      print(f"computing {kind} features of {splits[name].name} ({len(splits[name].ids)} "
-            f"utterances)", file=sys.stderr)
-      feats[name] = featurize(enc, kind, splits[name], config.entry_layer, shared)
-    return feats[name]
+  def __init__(self, config, optimizer):
+    self.config, self.optimizer, self.method = config, optimizer, config.method
+    self.settings = _lib.parse_settings(config.eval_settings)
+    self.enc = enc = mj.pretrained.load(config.encoder or env.data_file("all-MiniLM-L6-v2"))
+    depth = enc.config.num_hidden_layers
+    if isinstance(config.entry_layer, bool) or not 0 <= config.entry_layer < depth:
+      raise ValueError(f"config.entry_layer must be in [0, {depth}) for this {depth}-layer "
+                       f"encoder, got {config.entry_layer!r}")
+    self.splits = load_splits(config, enc)
+    check_feasible(config, self.splits, self.settings)
+    self.kind, self.algo = FEATURES[self.method], ALGORITHMS[self.method]
+    self.d = enc.config.hidden_size
+    self.feats = {}
+    self.net = enc.net(entry_layer=config.entry_layer)
+    self.model = self._model()
+    self.proto_cached = mj.compose(cached_embeddings(self.d))
+    self.apply_jit = jax.jit(self.model.apply)
 
-  key = jax.random.key(config.seed)
-  algo = ALGORITHMS[method]
-  n_train = len(splits["train"].texts.classes)
-  dummy = jnp.asarray(splits["train"].ids[:2])
+  def features(self, name, shared=None):
+    if name not in self.feats or shared is not None:
+      split = self.splits[name]
+      print(f"computing {self.kind} features of {split.name} ({len(split.ids)} utterances)",
+            file=sys.stderr)
+      self.feats[name] = featurize(self.enc, self.kind, split, self.config.entry_layer, shared)
+    return self.feats[name]
 
   # --- The model evaluated per episode, and its initial parameters ------------------------
-  net = enc.net(entry_layer=config.entry_layer)
-  if kind == "embedding":
-    model = mj.compose(cached_embeddings(d), mj.linear_head(2) if method == "frozen_logreg"
-                       else None)
-  elif kind == "ids":
-    model = mj.compose(enc.net())
-  else:
-    model = mj.compose(net, None, prompt_kind(config, enc))
-  params = model.init(key, dummy)
-  if method == "frozen_logreg":  # a zero head per episode, sized by its ways
-    params[H] = {"kernel": jnp.zeros((d, config.ways)), "bias": jnp.zeros((config.ways,))}
-  if method in PROMPT_METHODS and config.prompt_init == "vocab":
-    params[P] = vocab_prompt(enc, jax.random.fold_in(key, 1), config)
 
-  def prompt_repr(p, support):
-    if method not in ("generated", "generated_maml"):
+  def _model(self):
+    if self.kind == "embedding":
+      return mj.compose(cached_embeddings(self.d), mj.linear_head(2)
+                        if self.method == "frozen_logreg" else None)
+    if self.kind == "ids":
+      return mj.compose(self.enc.net())
+    return mj.compose(self.net, None, prompt_kind(self.config, self.enc))
+
+  def initial_params(self, key):
+    config = self.config
+    params = self.model.init(key, jnp.asarray(self.splits["train"].ids[:2]))
+    if self.method == "frozen_logreg":  # a zero head per episode, sized by its ways
+      params[H] = self.zero_head(config.ways)
+    if self.method in PROMPT_METHODS and config.prompt_init == "vocab":
+      params[P] = vocab_prompt(self.enc, jax.random.fold_in(key, 1), config)
+    return params
+
+  def zero_head(self, ways):
+    return {"kernel": jnp.zeros((self.d, ways)), "bias": jnp.zeros((ways,))}
+
+  def prompt_repr(self, p, support):
+    if self.method not in ("generated", "generated_maml"):
       return None
-    return prompts.support_summary(net.embed, p[S], support.x)
+    return prompts.support_summary(self.net.embed, p[S], support.x)
 
-  def head_for(ways):
-    if method == "frozen_logreg":
-      logreg = mj.compose(cached_embeddings(d), mj.linear_head(ways))
+  def head_for(self, ways):
+    """(loss, accuracy, task_repr) of a `ways`-way episode."""
+    config = self.config
+    if self.method == "frozen_logreg":
+      logreg = mj.compose(cached_embeddings(self.d), mj.linear_head(ways))
       acc = mj.supervised(logreg.apply, mj.accuracy)
 
       def loss(p, batch):  # scikit-learn's objective, divided by n: C sum(CE) + ||W||^2 / 2
         ce = mj.cross_entropy(logreg.apply(p, batch.x), batch.y)
         return ce + jnp.sum(p[H]["kernel"] ** 2) / (2 * config.logreg_c * batch.y.shape[0])
       return loss, acc, None
-    head = mj.prototype_classifier(model, ways, distance="cosine", scale=config.scale,
-                                   prompt_repr=prompt_repr if method.startswith("generated")
-                                   else None)
+    head = mj.prototype_classifier(self.model, ways, distance="cosine", scale=config.scale,
+                                   prompt_repr=self.prompt_repr
+                                   if self.method.startswith("generated") else None)
     return head.loss_fn, head.accuracy_fn, head.task_repr
 
-  def learner_for(ways, sample=None, mesh=None):
-    loss, _, task_repr = head_for(ways)
-    return mj.meta_learner(loss, optimizer, algorithm=algo, inner_steps=config.inner_steps,
-                           inner_lr=config.inner_lr, meta_batch_size=config.meta_batch_size,
-                           sample=sample, task_repr=task_repr, mesh=mesh)
+  def learner_for(self, ways, sample=None, mesh=None):
+    config = self.config
+    loss, _, task_repr = self.head_for(ways)
+    return mj.meta_learner(loss, self.optimizer, algorithm=self.algo,
+                           inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                           meta_batch_size=config.meta_batch_size, sample=sample,
+                           task_repr=task_repr, mesh=mesh)
 
-  facts, mesh = {}, None
-  # --- Training ------------------------------------------------------------------------
-  if method in ("multitask", "finetune"):
-    # Supervised over every meta-training intent: a linear head (dropped afterwards) and the
-    # prompt (multitask) or the whole encoder (finetune), no inner loop.
-    sup_model = (mj.compose(enc.net(entry_layer=config.entry_layer), mj.linear_head(n_train),
-                            prompt_kind(config, enc)) if method == "multitask"
-                 else mj.compose(enc.net(), mj.linear_head(n_train)))
-    sup_params = sup_model.init(key, dummy)
-    if method == "multitask":
-      sup_params[P] = params[P]
-    params = sup_params
-    trained = (P, H) if method == "multitask" else (S, H)
-    learner = mj.meta_learner(mj.supervised(sup_model.apply, mj.cross_entropy), optimizer,
-                              algorithm=mj.get_algorithm("maml", fast=(H,), outer=trained),
-                              inner_steps=0, inner_lr=config.inner_lr, meta_batch_size=1,
-                              sample=supervised_sampler(splits["train"], features("train")
-                                                        if method == "multitask" else None,
-                                                        config.supervised_batch))
-    facts["meta_trained_parameters"] = count({r: params[r] for r in trained})
-  elif method == "average":
-    params, seconds = average_prompt(config, enc, splits["train"], features("train"), params,
-                                     key)
-    facts["per_domain_training_seconds"] = seconds
-    facts["meta_trained_parameters"] = count(params[P]) * len(config.train_domains)
-    learner = learner_for(config.ways)
-  else:
-    sample = None
-    if config.num_steps > 0:
-      sample = family(splits["train"], features("train"), config.ways, config.shots,
-                      config.queries, f"{config.ways}-way {config.shots}-shot").sample
-    # The episodic meta-training splits its meta-batch over the devices (the supervised rows
-    # above draw one batch a step: they run on one device).
-    mesh = (env.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
-            if config.num_steps > 0 else None)
-    learner = learner_for(config.ways, sample, mesh)
-    if config.num_steps > 0:
-      state = learner.init(params, key=key)
-      facts["meta_trained_parameters"] = count(
-          {r: state.params[r] for r in mj.meta.outer_roles(algo, state.params)})
-  facts.setdefault("meta_trained_parameters", 0)
-  eval_steps = tuple(sorted(set(int(s) for s in config.eval_inner_steps)))
-  if max(eval_steps) == 0 or method == "frozen_prototypes":
-    facts["adapted_parameters"] = 0
-  elif method == "frozen_logreg":
-    facts["adapted_parameters"] = {f"{w}-way": (d + 1) * w for w, _ in settings}
-  else:
-    fast = mj.meta.fast_roles(algo, params)
-    facts["adapted_parameters"] = count({r: params[r] for r in fast})
-  facts["build_seconds"] = time.perf_counter() - t_build
+  # --- Training --------------------------------------------------------------------------
+
+  def trainer(self, params, key):
+    """(learner, params, facts, mesh): what the loop trains for config.num_steps."""
+    config, method, train = self.config, self.method, self.splits["train"]
+    facts, mesh = {}, None
+    if method in ("multitask", "finetune"):
+      # Supervised over every meta-training intent: a linear head (dropped afterwards) and the
+      # prompt (multitask) or the whole encoder (finetune), no inner loop.
+      n_train = len(train.texts.classes)
+      sup_model = (mj.compose(self.enc.net(entry_layer=config.entry_layer),
+                              mj.linear_head(n_train), prompt_kind(config, self.enc))
+                   if method == "multitask" else
+                   mj.compose(self.enc.net(), mj.linear_head(n_train)))
+      sup_params = sup_model.init(key, jnp.asarray(train.ids[:2]))
+      if method == "multitask":
+        sup_params[P] = params[P]
+      params = sup_params
+      trained = (P, H) if method == "multitask" else (S, H)
+      sample = supervised_sampler(train, self.features("train") if method == "multitask"
+                                  else None, config.supervised_batch)
+      learner = mj.meta_learner(mj.supervised(sup_model.apply, mj.cross_entropy),
+                                self.optimizer,
+                                algorithm=mj.get_algorithm("maml", fast=(H,), outer=trained),
+                                inner_steps=0, inner_lr=config.inner_lr, meta_batch_size=1,
+                                sample=sample)
+      facts["meta_trained_parameters"] = count({r: params[r] for r in trained})
+    elif method == "average":
+      params, seconds = average_prompt(config, self.enc, train, self.features("train"), params,
+                                       key)
+      facts["per_domain_training_seconds"] = seconds
+      facts["meta_trained_parameters"] = count(params[P]) * len(config.train_domains)
+      learner = self.learner_for(config.ways)
+    else:
+      sample = None
+      if config.num_steps > 0:
+        sample = family(train, self.features("train"), config.ways, config.shots,
+                        config.queries, f"{config.ways}-way {config.shots}-shot").sample
+        # The episodic meta-training splits its meta-batch over the devices (the supervised
+        # rows above draw one batch a step: they run on one device).
+        mesh = env.mesh_from_env(config.meta_batch_size, "config.meta_batch_size")
+      learner = self.learner_for(config.ways, sample, mesh)
+      if config.num_steps > 0:
+        state = learner.init(params, key=key)
+        facts["meta_trained_parameters"] = count(
+            {r: state.params[r] for r in mj.meta.outer_roles(self.algo, state.params)})
+    facts.setdefault("meta_trained_parameters", 0)
+    return learner, params, facts, mesh
+
+  def adapted_parameters(self, params):
+    eval_steps = self.eval_steps()
+    if max(eval_steps) == 0 or self.method == "frozen_prototypes":
+      return 0
+    if self.method == "frozen_logreg":
+      return {f"{w}-way": (self.d + 1) * w for w, _ in self.settings}
+    return count({r: params[r] for r in mj.meta.fast_roles(self.algo, params)})
 
   # --- Evaluation ------------------------------------------------------------------------
-  eval_key = jax.random.key(config.eval_seed)
 
-  def eval_params(p):
-    if method == "finetune":  # prototypes of the fine-tuned encoder's embeddings
+  def eval_steps(self):
+    return tuple(sorted(set(int(s) for s in self.config.eval_inner_steps)))
+
+  def eval_params(self, p):
+    if self.method == "finetune":  # prototypes of the fine-tuned encoder's embeddings
       return {S: {}}
-    return {r: v for r, v in p.items() if r != H or method not in ("multitask",)}
+    return {r: v for r, v in p.items() if r != H or self.method not in ("multitask",)}
 
-  proto_cached = mj.compose(cached_embeddings(d))
-  apply_jit = jax.jit(model.apply)
-
-  def embed_split(p, name):
+  def embed_split(self, p, name):
     """Every utterance of a split through the model at `p` (no adaptation), in batches."""
-    f = features(name)
-    ids = splits[name].ids
+    f = self.features(name)
+    ids = self.splits[name].ids
     out = []
     for b in range(0, len(ids), 256):
       x = jnp.asarray(ids[b:b + 256])
       if f is not None:
         x = {"ids": x, **{k: jnp.asarray(v[b:b + 256]) for k, v in f.items()}}
-      out.append(np.asarray(apply_jit(p, x)))
+      out.append(np.asarray(self.apply_jit(p, x)))
     return {"emb": np.concatenate(out)}
 
-  def run_split(p, name, shared):
-    split = splits[name]
-    f = features(name, shared)
-    n_tasks = config.val_tasks if split.kind == "val" else config.eval_tasks
+  def run_split(self, p, name, shared, eval_key):
+    """{setting: (EvalResult, the step count with the best mean)} on one split."""
+    config, split = self.config, self.splits[name]
+    f = self.features(name, shared)
     # With a prompt that does not depend on the task (static, averaged, a pool read by each
     # utterance), an episode's accuracy before adaptation is that of prototypes of the
     # utterances embedded once with the prompt: the same numbers as adapting 0 steps per
     # episode, without re-encoding each utterance in every episode it appears in.
-    fast_zero = method in STATIC_PROMPT_METHODS and 0 in eval_steps
-    zero_feats = embed_split(p, name) if fast_zero else None
+    fast_zero = self.method in STATIC_PROMPT_METHODS and 0 in self.eval_steps()
+    zero_feats = self.embed_split(p, name) if fast_zero else None
     results = {}
-    for ways, shots in settings:
+    for ways, shots in self.settings:
       setting = f"{ways}-way {shots}-shot"
       keep = usable_classes(split, ways, shots, config.queries, setting)  # warns once
       if keep is None:
         continue
-      key = episode_key(eval_key, ways, shots, split.kind == "val")
-      lrn = learner_for(ways)
-      _, acc, _ = head_for(ways)
-      pw = dict(p)
-      if method == "frozen_logreg":
-        pw[H] = {"kernel": jnp.zeros((d, ways)), "bias": jnp.zeros((ways,))}
       t = time.perf_counter()
-      pieces = []
-      steps = eval_steps
-      if fast_zero:
-        head0 = mj.prototype_classifier(proto_cached, ways, distance="cosine", scale=config.scale)
-        fam0 = family(split, zero_feats, ways, shots, config.queries, setting, keep)
-        lrn0 = mj.meta_learner(head0.loss_fn, optimizer, algorithm=ALGORITHMS["frozen_prototypes"],
-                               inner_steps=0, task_repr=head0.task_repr)
-        pieces.append(mj.evaluate(lrn0, {S: {}}, fam0.sample, key=key, num_tasks=n_tasks,
-                                  inner_steps=(0,), metrics={"accuracy": head0.accuracy_fn},
-                                  batch_size=config.eval_batch_size, every_step=False))
-        steps = tuple(s for s in eval_steps if s > 0)
-      if steps:  # only now gather the split's features into an episode family
-        fam = family(split, f, ways, shots, config.queries, setting, keep)
-        pieces.append(mj.evaluate(lrn, pw, fam.sample, key=key, num_tasks=n_tasks,
-                                  inner_steps=steps, metrics={"accuracy": acc},
-                                  batch_size=config.eval_batch_size, every_step=False))
-      res = mj.EvalResult(
-          {"accuracy": np.concatenate([r.per_task["accuracy"] for r in pieces], axis=1)},
-          eval_steps, tuple(s for r in pieces for s in r.steps()))
+      key = episode_key(eval_key, ways, shots, split.kind == "val")
+      res = self.run_setting(p, split, f, zero_feats, ways, shots, keep, key)
       summary = res.summary()["accuracy"]
       best = max(summary, key=lambda s: (summary[s][0], -s))
-      print(f"{split.name}: {setting}, {n_tasks} episodes, {time.perf_counter() - t:.0f} s: "
+      print(f"{split.name}: {setting}, {res.per_task['accuracy'].shape[0]} episodes, "
+            f"{time.perf_counter() - t:.0f} s: "
             + ", ".join(f"{100 * m:.1f}% at {s} steps" for s, (m, _) in summary.items()),
             file=sys.stderr)
       results[setting] = (res, best)
     return results
 
-  def evaluate(p):
-    shared = p[S] if method == "finetune" else None
-    p = eval_params(p)
-    val = run_split(p, "val", shared)
+  def run_setting(self, p, split, f, zero_feats, ways, shots, keep, key) -> mj.EvalResult:
+    """One setting's episodes at every evaluated inner-step count."""
+    config = self.config
+    n_tasks = config.val_tasks if split.kind == "val" else config.eval_tasks
+    setting = f"{ways}-way {shots}-shot"
+    eval_steps = steps = self.eval_steps()
+    pieces = []
+    if zero_feats is not None:
+      head0 = mj.prototype_classifier(self.proto_cached, ways, distance="cosine",
+                                      scale=config.scale)
+      fam0 = family(split, zero_feats, ways, shots, config.queries, setting, keep)
+      lrn0 = mj.meta_learner(head0.loss_fn, self.optimizer,
+                             algorithm=ALGORITHMS["frozen_prototypes"], inner_steps=0,
+                             task_repr=head0.task_repr)
+      pieces.append(mj.evaluate(lrn0, {S: {}}, fam0.sample, key=key, num_tasks=n_tasks,
+                                inner_steps=(0,), metrics={"accuracy": head0.accuracy_fn},
+                                batch_size=config.eval_batch_size, every_step=False))
+      steps = tuple(s for s in eval_steps if s > 0)
+    if steps:  # only now gather the split's features into an episode family
+      pw = dict(p)
+      if self.method == "frozen_logreg":
+        pw[H] = self.zero_head(ways)
+      _, acc, _ = self.head_for(ways)
+      fam = family(split, f, ways, shots, config.queries, setting, keep)
+      pieces.append(mj.evaluate(self.learner_for(ways), pw, fam.sample, key=key,
+                                num_tasks=n_tasks, inner_steps=steps, metrics={"accuracy": acc},
+                                batch_size=config.eval_batch_size, every_step=False))
+    return mj.EvalResult(
+        {"accuracy": np.concatenate([r.per_task["accuracy"] for r in pieces], axis=1)},
+        eval_steps, tuple(s for r in pieces for s in r.steps()))
+
+  def evaluate(self, p):
+    """(rows, extras): validation picks each setting's step count; every split's rows."""
+    eval_key = jax.random.key(self.config.eval_seed)
+    shared = p[S] if self.method == "finetune" else None
+    p = self.eval_params(p)
+    val = self.run_split(p, "val", shared, eval_key)
     selected = {s: best for s, (_, best) in val.items()}
     rows, extras = [], {}
     for name in ("val", "test", "external"):
-      if name not in splits:
+      if name not in self.splits:
         continue
-      split = splits[name]
-      results = val if name == "val" else run_split(p, name, shared)
+      split = self.splits[name]
+      results = val if name == "val" else self.run_split(p, name, shared, eval_key)
       for setting, (res, _) in results.items():
         for row in _lib.eval_rows(res, metric_names={"accuracy": "accuracy"}, setting=setting):
-          row.update(method=method, data=split.data, split=split.kind,
+          row.update(method=self.method, data=split.data, split=split.kind,
                      selected=row["inner_steps"] == selected.get(setting))
           if split.kind == "test":  # every method sees the same episodes: paired comparisons
             row["per_episode"] = [round(float(v), 4) for v in
@@ -448,11 +477,23 @@ def build(config, optimizer) -> _lib.Experiment:
       extras[name] = results
     return rows, extras
 
+
+def build(config, optimizer) -> _lib.Experiment:
+  """The experiment of config.method: its model and initial parameters, how it trains, and
+  its evaluation on the validation and test splits (see the module docstring)."""
+  t_build = time.perf_counter()
+  check_method_fields(config)
+  run = _Run(config, optimizer)
+  key = jax.random.key(config.seed)
+  learner, params, facts, mesh = run.trainer(run.initial_params(key), key)
+  facts["adapted_parameters"] = run.adapted_parameters(params)
+  facts["build_seconds"] = time.perf_counter() - t_build
+
   def plot(workdir, p, history, extras):
     return make_plots(workdir, config, history, extras)
 
-  return _lib.Experiment(f"intents {method}", learner, params, evaluate, plot,
-                           merge_by="data", facts=facts, mesh=mesh)
+  return _lib.Experiment(f"intents {config.method}", learner, params, run.evaluate, plot,
+                         merge_by="data", facts=facts, mesh=mesh)
 
 
 def average_prompt(config, enc, train: Split, train_feats, params, key):

@@ -8,6 +8,7 @@ See experiments/configs/multitask_intents.py for the protocol and every field.
 
 import sys
 import warnings
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,25 +63,27 @@ class Featurizer:
     return {"ids": ids, "lower": lower}
 
 
-def build(config, optimizer) -> _lib.Experiment:
-  encoder_path = config.encoder or env.data_file("all-MiniLM-L6-v2")
-  enc = mj.pretrained.load(encoder_path)
-  depth, d = enc.config.num_hidden_layers, enc.config.hidden_size
-  if not 0 < config.entry_layer < depth:
-    raise ValueError(f"config.entry_layer must be in [1, {depth}) (the layers below are cached), "
-                     f"got {config.entry_layer}")
-  sets = load_sets(config)
+class Domains(NamedTuple):
+  """The training domains as tasks: their cached inputs, stacked [T, N, ...], and each one's
+  validation and test sets."""
+
+  tasks: list          # domain names, one task each
+  train_x: Any         # {"ids", "lower"} leaves [T, N, ...]
+  train_y: jax.Array   # [T, N]
+  evals: dict          # {"val" | "test": [(x, y) per domain]}
+  ways: int            # intents per domain (one head shape)
+
+
+def load_domains(config, sets, featurize) -> Domains:
   domains = sorted(set(sets["train"].groups))
   unknown = sorted(set(config.heldout_domains) - set(domains))
   if unknown:
     raise ValueError(f"config.heldout_domains: unknown domains {unknown}; the data has {domains}")
   tasks = [x for x in domains if x not in config.heldout_domains]
-  T = len(tasks)
-  if T < 2:
+  if len(tasks) < 2:
     raise ValueError(f"multi-task learning needs >= 2 domains, {tasks} remain after holding out "
                      f"{list(config.heldout_domains)}")
-  featurize = Featurizer(enc, config)
-  print(f"computing the frozen layers' states for {T} domains", file=sys.stderr)
+  print(f"computing the frozen layers' states for {len(tasks)} domains", file=sys.stderr)
   train, evals, num_classes = [], {"val": [], "test": []}, set()
   for dom in tasks:
     texts, labels, k = domain_split(sets["train"], dom, config.train_per_intent)
@@ -92,21 +95,130 @@ def build(config, optimizer) -> _lib.Experiment:
   if len(num_classes) != 1:
     raise ValueError(f"every domain needs the same number of intents (one head shape), got "
                      f"{sorted(num_classes)}")
-  ways = num_classes.pop()
   # [T, N, ...]: every domain has ways * train_per_intent training utterances.
   train_x = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *[x for x, _ in train])
   train_y = jnp.asarray(np.stack([y for _, y in train]))
-  n_train = train_y.shape[1]
-  if config.batch_size > n_train:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {n_train} training "
-                     f"utterances of a domain")
+  if config.batch_size > train_y.shape[1]:
+    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {train_y.shape[1]} "
+                     f"training utterances of a domain")
+  return Domains(tasks, train_x, train_y, evals, num_classes.pop())
 
-  net = enc.net(entry_layer=config.entry_layer)
+
+class _Stages(NamedTuple):
+  """What the evaluation stages share: the model, its loss, the trained multi-task trainer's
+  slicing, the data, and how a set is scored."""
+
+  config: Any
+  sets: dict
+  featurize: Any
+  data: Domains
+  model: mj.Model
+  loss_fn: Any
+  trainer: Any
+  draw: Any
+  scores: Any
+  single: bool
+  key: jax.Array
+
+
+def full_prompts(stages: _Stages, params):
+  """[T, L, d]: each domain's prompt, shared part + own part."""
+  ps = params[PS] if stages.single else params[PS][None]
+  return ps + params[P]
+
+
+def aggregation_rows(stages: _Stages, params, val_acc):
+  """Each held-out domain's prompt trained from every aggregate of the domains' prompts."""
+  config, prompts = stages.config, full_prompts(stages, params)
+  inits = {"mean": mj.mtl.aggregate_mean(prompts),
+           "weighted_mean": mj.mtl.weighted_mean(prompts, val_acc),
+           "mpt": mj.mtl.mpt_decompose(prompts, rank=1).shared,
+           "shared_part": jnp.mean(params[PS], 0) if stages.single else params[PS],
+           "zero": jnp.zeros_like(prompts[0])}
+  rows = []
+  for dom in config.heldout_domains:
+    texts, labels, k = domain_split(stages.sets["train"], dom, config.transfer_per_intent)
+    if k != stages.data.ways:
+      raise ValueError(f"held-out domain {dom!r} has {k} intents, the heads {stages.data.ways}")
+    x = jax.tree.map(lambda a: jnp.asarray(a)[None], stages.featurize(texts))
+    y = jnp.asarray(labels)[None]
+    test = domain_split(stages.sets["test"], dom)
+    test_x = stages.featurize(test[0])
+    b = min(config.batch_size, len(labels))
+
+    def sample_h(key):
+      r = jax.random.choice(key, len(labels), (b,), replace=False)
+      return jax.tree.map(lambda a: a[:, r], x), y[:, r]
+
+    one = mj.mtl.multitask_trainer(stages.loss_fn, optax.adam(config.outer_lr),
+                                   mj.mtl.get("equal"), num_tasks=1, per_task=(H, P),
+                                   frozen=(S,), sample=sample_h)
+    head0 = jax.tree.map(lambda a: jnp.zeros_like(a[:1]), params[H])  # zero, for every init
+    for name, init in inits.items():
+      p0 = {S: params[S], PS: init, P: jnp.zeros((1,) + init.shape), H: head0}
+      state = one.init(p0, key=jax.random.fold_in(stages.key, 7))
+      state, _ = one.run(state, config.transfer_steps)
+      m = stages.scores(one.task_params(state.params, 0), test_x, test[1])
+      rows.append({"stage": "aggregation", "method": config.method, "seed": config.seed,
+                   "split": "test", "domain": dom, "init": name,
+                   "accuracy": m["accuracy"], "f1": m["f1"]})
+      print(f"aggregation: {dom} from {name}: accuracy {m['accuracy']:.3f}", file=sys.stderr)
+  return rows
+
+
+def distillation_rows(stages: _Stages, params):
+  """One prompt for every domain distilled from the per-domain teachers, against the same
+  student on hard labels."""
+  config, data, model, trainer = stages.config, stages.data, stages.model, stages.trainer
+  T = len(data.tasks)
+  teacher_logits = jax.jit(jax.vmap(lambda t, xt: model.apply(trainer.task_params(params, t),
+                                                              xt)))
+  logits = teacher_logits(jnp.arange(T), data.train_x)                  # [T, N, ways]
+  rows = []
+  for name, alpha in (("distilled", config.alpha), ("hard_labels", 0.0)):
+    def student_loss(p, batch, alpha=alpha):
+      x, y, t_logits = batch
+      return mj.mtl.distillation_loss(model.apply(p, x), t_logits, y,
+                                      temperature=config.temperature, alpha=alpha)
+
+    def sample_s(key):
+      return stages.draw(key, (data.train_x, data.train_y, logits))
+
+    # The student: one prompt for every domain (the teacher's mean prompt to start; its
+    # per-domain part frozen at zero) under the teacher's frozen heads: only the prompt learns.
+    student = mj.mtl.multitask_trainer(student_loss, optax.adam(config.outer_lr),
+                                       mj.mtl.get("equal"), num_tasks=T, per_task=(H, P),
+                                       frozen=(S, H, P), sample=sample_s)
+    p0 = {S: params[S], PS: jnp.mean(full_prompts(stages, params), 0),
+          P: jnp.zeros_like(params[P]), H: params[H]}
+    state = student.init(p0, key=jax.random.fold_in(stages.key, 11))
+    state, _ = student.run(state, config.distill_steps)
+    for t, dom in enumerate(data.tasks):
+      m = stages.scores(student.task_params(state.params, t), *data.evals["test"][t])
+      rows.append({"stage": "distillation", "method": config.method, "seed": config.seed,
+                   "split": "test", "domain": dom, "student": name,
+                   "accuracy": m["accuracy"], "f1": m["f1"]})
+  return rows
+
+
+def build(config, optimizer) -> _lib.Experiment:
+  """Per-domain prompts and heads on the frozen encoder, trained by config.method; then the
+  aggregation and distillation stages at evaluation (see the module docstring)."""
+  enc = mj.pretrained.load(config.encoder or env.data_file("all-MiniLM-L6-v2"))
+  depth, d = enc.config.num_hidden_layers, enc.config.hidden_size
+  if not 0 < config.entry_layer < depth:
+    raise ValueError(f"config.entry_layer must be in [1, {depth}) (the layers below are cached), "
+                     f"got {config.entry_layer}")
+  sets = load_sets(config)
+  featurize = Featurizer(enc, config)
+  data = load_domains(config, sets, featurize)
+  T, ways, n_train = len(data.tasks), data.ways, data.train_y.shape[1]
+
   prompt = mj.prompts.composed(config.prompt_length, d, mode="add")
   head = mj.linear_head(ways)
-  model = mj.compose(net, head, prompt)
+  model = mj.compose(enc.net(entry_layer=config.entry_layer), head, prompt)
   key = jax.random.key(config.seed)
-  base = model.init(key, train_x["ids"][0, :2])
+  base = model.init(key, data.train_x["ids"][0, :2])
   single = config.method == "single_task"
   per_task = (H, P, PS) if single else (H, P)
   k_head, k_ps = jax.random.split(jax.random.fold_in(key, 1))
@@ -126,14 +238,13 @@ def build(config, optimizer) -> _lib.Experiment:
         jax.random.split(key, T))                                       # [T, b]
     return jax.tree.map(lambda a: jax.vmap(lambda at, r: at[r])(a, rows), tree)
 
-  def sample(key):
-    return draw(key, (train_x, train_y))
-
   balancer = mj.mtl.get("equal" if single else config.method,
                         **config_common.parse_hyperparameters(config.hyperparameters))
   mesh = env.mesh_from_env(T, "the number of training domains")
   trainer = mj.mtl.multitask_trainer(loss_fn, optimizer, balancer, num_tasks=T,
-                                     per_task=per_task, frozen=(S,), sample=sample, mesh=mesh)
+                                     per_task=per_task, frozen=(S,),
+                                     sample=lambda k: draw(k, (data.train_x, data.train_y)),
+                                     mesh=mesh)
   predict = jax.jit(model.apply)
 
   def scores(p, x, y):
@@ -144,104 +255,36 @@ def build(config, optimizer) -> _lib.Experiment:
     cm = mj.mtl.confusion_matrix(jnp.asarray(np.concatenate(preds)), jnp.asarray(y), ways)
     return mj.mtl.classification_metrics(cm)
 
+  stages = _Stages(config, sets, featurize, data, model, loss_fn, trainer, draw, scores, single,
+                   key)
+
   def evaluate(params):
-    rows = []
-    val_acc = []
-    for t, dom in enumerate(tasks):
+    rows, val_acc = [], []
+    for t, dom in enumerate(data.tasks):
       tp = trainer.task_params(params, t)
       for split in ("val", "test"):
-        m = scores(tp, *evals[split][t])
+        m = scores(tp, *data.evals[split][t])
         if split == "val":
           val_acc.append(m["accuracy"])
         rows.append({"stage": "multitask", "method": config.method, "seed": config.seed,
                      "split": split, "domain": dom, "accuracy": m["accuracy"], "f1": m["f1"]})
     if config.heldout_domains and config.transfer_steps:
-      rows += aggregation_rows(params, np.asarray(val_acc))
+      rows += aggregation_rows(stages, params, np.asarray(val_acc))
     if config.distill_steps:
-      rows += distillation_rows(params)
+      rows += distillation_rows(stages, params)
     return rows, None
 
-  def full_prompts(params):  # [T, L, d]: each domain's prompt, shared part + own part
-    ps = params[PS] if single else params[PS][None]
-    return ps + params[P]
-
-  def aggregation_rows(params, val_acc):
-    prompts = full_prompts(params)
-    inits = {"mean": mj.mtl.aggregate_mean(prompts),
-             "weighted_mean": mj.mtl.weighted_mean(prompts, val_acc),
-             "mpt": mj.mtl.mpt_decompose(prompts, rank=1).shared,
-             "shared_part": jnp.mean(params[PS], 0) if single else params[PS],
-             "zero": jnp.zeros_like(prompts[0])}
-    rows = []
-    for dom in config.heldout_domains:
-      texts, labels, k = domain_split(sets["train"], dom, config.transfer_per_intent)
-      if k != ways:
-        raise ValueError(f"held-out domain {dom!r} has {k} intents, the heads {ways}")
-      x = jax.tree.map(lambda a: jnp.asarray(a)[None], featurize(texts))
-      y = jnp.asarray(labels)[None]
-      test = domain_split(sets["test"], dom)
-      test_x = featurize(test[0])
-      b = min(config.batch_size, len(labels))
-
-      def sample_h(key):
-        r = jax.random.choice(key, len(labels), (b,), replace=False)
-        return jax.tree.map(lambda a: a[:, r], x), y[:, r]
-
-      one = mj.mtl.multitask_trainer(loss_fn, optax.adam(config.outer_lr), mj.mtl.get("equal"),
-                                     num_tasks=1, per_task=(H, P), frozen=(S,), sample=sample_h)
-      head0 = jax.tree.map(lambda a: jnp.zeros_like(a[:1]), params[H])  # zero, for every init
-      for name, init in inits.items():
-        p0 = {S: params[S], PS: init, P: jnp.zeros((1,) + init.shape), H: head0}
-        state = one.init(p0, key=jax.random.fold_in(key, 7))
-        state, _ = one.run(state, config.transfer_steps)
-        m = scores(one.task_params(state.params, 0), test_x, test[1])
-        rows.append({"stage": "aggregation", "method": config.method, "seed": config.seed,
-                     "split": "test", "domain": dom, "init": name,
-                     "accuracy": m["accuracy"], "f1": m["f1"]})
-        print(f"aggregation: {dom} from {name}: accuracy {m['accuracy']:.3f}", file=sys.stderr)
-    return rows
-
-  def distillation_rows(params):
-    teacher_logits = jax.jit(jax.vmap(lambda t, xt: model.apply(trainer.task_params(params, t),
-                                                                xt)))
-    logits = teacher_logits(jnp.arange(T), train_x)                  # [T, N, ways]
-    rows = []
-    for name, alpha in (("distilled", config.alpha), ("hard_labels", 0.0)):
-      def student_loss(p, batch, alpha=alpha):
-        x, y, t_logits = batch
-        return mj.mtl.distillation_loss(model.apply(p, x), t_logits, y,
-                                        temperature=config.temperature, alpha=alpha)
-
-      def sample_s(key):
-        return draw(key, (train_x, train_y, logits))
-
-      # The student: one prompt for every domain (the teacher's mean prompt to start; its
-      # per-domain part frozen at zero) under the teacher's frozen heads: only the prompt learns.
-      student = mj.mtl.multitask_trainer(student_loss, optax.adam(config.outer_lr),
-                                         mj.mtl.get("equal"), num_tasks=T, per_task=(H, P),
-                                         frozen=(S, H, P), sample=sample_s)
-      p0 = {S: params[S], PS: jnp.mean(full_prompts(params), 0),
-            P: jnp.zeros_like(params[P]), H: params[H]}
-      state = student.init(p0, key=jax.random.fold_in(key, 11))
-      state, _ = student.run(state, config.distill_steps)
-      for t, dom in enumerate(tasks):
-        m = scores(student.task_params(state.params, t), *evals["test"][t])
-        rows.append({"stage": "distillation", "method": config.method, "seed": config.seed,
-                     "split": "test", "domain": dom, "student": name,
-                     "accuracy": m["accuracy"], "f1": m["f1"]})
-    return rows
-
-  count = lambda tree: int(sum(a.size for a in jax.tree.leaves(tree)))
-  facts = {"domains": tasks, "heldout_domains": list(config.heldout_domains),
-           "trained_parameters": count({r: v for r, v in params.items() if r != S}),
-           "train_utterances_per_domain": int(n_train)}
   def plot(workdir, params, history, extras):
     del params, extras
     return _lib.plot_task_curves(workdir, history, loss_label="training cross-entropy",
                                  title=f"multitask_intents, {config.method}")
 
+  count = lambda tree: int(sum(a.size for a in jax.tree.leaves(tree)))
+  facts = {"domains": data.tasks, "heldout_domains": list(config.heldout_domains),
+           "trained_parameters": count({r: v for r, v in params.items() if r != S}),
+           "train_utterances_per_domain": int(n_train)}
   return _lib.Experiment("multitask_intents", trainer, params, evaluate, plot, facts=facts,
-                           mesh=mesh)
+                         mesh=mesh)
 
 
 if __name__ == "__main__":

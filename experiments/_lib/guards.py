@@ -60,8 +60,9 @@ def check_config(config: ml_collections.ConfigDict, algorithms=None, *,
       raise ValueError(f"config.{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
   algorithms = sorted(mj.ALGORITHMS if algorithms is None else algorithms)
-  if config.algorithm not in algorithms:
-    raise ValueError(f"config.algorithm must be one of {algorithms}, got {config.algorithm!r}")
+  field = "algorithm" if meta else "method"  # multi-task runs name a balancing method
+  if config[field] not in algorithms:
+    raise ValueError(f"config.{field} must be one of {algorithms}, got {config[field]!r}")
   meta_fields = ("meta_batch_size", "inner_lr", "eval_tasks") if meta else ()
   for name in meta_fields + ("outer_lr", "log_every", "checkpoint_every", "keep_checkpoints"):
     positive(name)

@@ -133,6 +133,26 @@ def _resume(ckpt: mj.Checkpointer, state, cfg: dict, workdir: str, allow_config_
   return state, resumed_from, meta.get("timing", timing_)
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+  """Holds a Ctrl-C (SIGINT) until the block ends, then raises it: a checkpoint is written
+  whole or not at all. Outside the main thread (where signals cannot be caught) it does
+  nothing."""
+  import signal
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if caught:
+    raise KeyboardInterrupt
+
+
 def _history(workdir: str, start: int, primary: bool) -> list:
   """The metrics.jsonl rows up to the resumed step; the file is rewritten without the rest."""
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -174,7 +194,8 @@ class _Loop:
           f"refusing to checkpoint non-finite parameters at step {int(state.step)}")
     # Every checkpoint carries the compile time so far, so a resumed run's figure is the sum.
     self.timing["compile_seconds"] = self.compile_before + self.compiled["seconds"]
-    return self.ckpt.save(state, {"config": self.cfg, "timing": self.timing})
+    with _interrupts_deferred():  # a Ctrl-C mid-save would leave orbax's half-written copy
+      return self.ckpt.save(state, {"config": self.cfg, "timing": self.timing})
 
   def check(self, row, state, history):
     """Raises NonFiniteError on a non-finite row (or parameters, under "skip") or a loss that
@@ -300,7 +321,8 @@ def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):
   t = loop.timing
   results = {
       "benchmark": experiment.name,
-      "algorithm": config.algorithm,
+      # What trained: the meta-learning algorithm, or a multi-task run's balancing method.
+      "algorithm": config.get("algorithm") or config.get("method"),
       "config": cfg,
       "num_steps": int(state.step),
       "meta_steps_per_sec": t["timed_steps"] / t["timed_seconds"] if t["timed_seconds"] > 0

@@ -81,8 +81,8 @@ def multitask_config(method: str) -> ml_collections.ConfigDict:
   c = base_config()
   for name in META_FIELDS:  # no inner loop here
     del c[name]
+  del c["algorithm"]            # no meta-learning algorithm: the method says what trains
   c.method = method             # a balancing method (mtpjax.mtl.METHODS) or single_task
-  c.algorithm = method          # results.json's "algorithm"; set from method by resolve
   c.hyperparameters = ""        # the balancing method's, "name=value,..."
   return c
 
@@ -112,11 +112,9 @@ def check_at_least(config: ml_collections.ConfigDict, names, minimum: int) -> No
 
 
 def resolve_multitask(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The method check every multi-task config shares; a copy with algorithm = method."""
+  """The method check every multi-task config shares; a resolved copy."""
   methods = multitask_methods()
   if config.method not in methods:
     raise ValueError(f"config.method must be one of {list(methods)}, got {config.method!r}")
   parse_hyperparameters(config.hyperparameters)  # errors now, not after loading data
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.algorithm = config.method
-  return config
+  return ml_collections.ConfigDict(config.to_dict())

@@ -42,6 +42,9 @@ class MetaLearner(NamedTuple):
   prepare_episode: Callable[..., Any] = lambda params, episode: episode
 
 
+# meta_learner is long (about 180 lines, 40 of them its docstring) as optax's factories are:
+# it checks its arguments once and returns closures (init, step, adapt, the scanned run) that
+# share them; each closure is short, and the step itself is trainer.compile_step's.
 def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation, *,
                  algorithm: Union[str, Algorithm] = "maml", inner_steps: int = 1,
                  inner_lr: float = 0.01, meta_batch_size: int = 25,

@@ -29,7 +29,7 @@ class ProtoNet(NamedTuple):
 def protonet(embed: Callable[[types.Params, types.Array], types.Array], ways: int) -> ProtoNet:
   """Builds ProtoNet's functions from an embedding apply(params, x) -> [n, d].
 
-  >>> embed = lambda params, x: x * params["shared"][None, :]  # a 2-d embedding
+  >>> embed = lambda params, x: x * params["shared"].reshape(1, 2)  # a 2-d embedding
   >>> pn = protonet(embed, ways=2)
   >>> params = {"shared": jnp.ones(2)}
   >>> support = types.Batch(jnp.array([[0.0, 0.0], [4.0, 4.0]]), jnp.array([0, 1]))

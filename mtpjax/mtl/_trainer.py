@@ -61,6 +61,10 @@ def _float_dtype(tree):
   return jnp.result_type(*dtypes) if dtypes else jnp.float32
 
 
+# multitask_trainer is long (about 200 lines, 40 of them its docstring and example) as optax's
+# factories are: it checks its arguments once and returns closures sharing them (the role
+# split, the three ways a step computes its gradients, init); each is short, and the jitted,
+# donated step and run are trainer.compile_step's.
 def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
                       optimizer: optax.GradientTransformation,
                       balancer: mtl_lib.Balancer, *, num_tasks: int,
