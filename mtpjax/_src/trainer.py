@@ -46,11 +46,13 @@ def check_num_steps(num_steps) -> None:
 
 def compile_step(step: Callable[..., tuple[TrainState, dict]], *, what: str,
                  can_sample: bool, check_batch: Optional[Callable[[TrainState, Any], None]] = None,
-                 donate: bool = True, jit: bool = True) -> Compiled:
+                 donate: bool = True, jit: bool = True, data: Any = None) -> Compiled:
   """The jitted, donated `step` and its scanned `run`, with the argument checks.
 
   Args:
     step: step(state, batch=None) -> (state, metrics); with batch None it draws its own.
+      Given `data`, step(state, batch, data): data are the arrays its sampler reads (see
+      mtpjax._src.hoist), passed as arguments so that no executable holds them as constants.
     what: the trainer's name in error messages.
     can_sample: whether `step` can draw its own batches (the trainer was given `sample`).
     check_batch: check_batch(state, batch), run in Python on a given batch before tracing
@@ -59,11 +61,15 @@ def compile_step(step: Callable[..., tuple[TrainState, dict]], *, what: str,
     jit: compile (turn off only to debug).
   """
   donated = (0,) if donate else ()
+  if data is None:
+    one_step = step
+    step = lambda state, batch, data: one_step(state, batch)  # noqa: E731
 
-  def scan(state, num_steps):
+  def scan(state, num_steps, data):
     # One executable for many steps: XLA allocates its temporaries once per call, not once per
     # step, which on the CPU saves most of the page faults of a fresh allocation.
-    return jax.lax.scan(lambda carry, _: step(carry), state, None, length=num_steps)
+    return jax.lax.scan(lambda carry, _: step(carry, None, data), state, None,
+                        length=num_steps)
 
   compiled = jax.jit(step, donate_argnums=donated) if jit else step
   compiled_run = jax.jit(scan, static_argnums=(1,), donate_argnums=donated) if jit else scan
@@ -73,10 +79,10 @@ def compile_step(step: Callable[..., tuple[TrainState, dict]], *, what: str,
       if not can_sample:
         raise ValueError(f"{what}: step(state) draws its own batch only when built with "
                          f"`sample`; else call step(state, batch)")
-      return compiled(state)
+      return compiled(state, None, data)
     if check_batch is not None:
       check_batch(state, batch)
-    return compiled(state, batch)
+    return compiled(state, batch, data)
 
   def checked_run(state: TrainState, num_steps: int):
     if not can_sample:
@@ -84,8 +90,8 @@ def compile_step(step: Callable[..., tuple[TrainState, dict]], *, what: str,
                        f"`sample`, or call step(state, batch) once per batch")
     check_num_steps(num_steps)
     if num_steps == 1:  # the step's own executable, not a scan of length 1
-      state, metrics = compiled(state)
+      state, metrics = compiled(state, None, data)
       return state, jax.tree.map(lambda m: m[None], metrics)
-    return compiled_run(state, num_steps)
+    return compiled_run(state, num_steps, data)
 
   return Compiled(checked_step, checked_run)

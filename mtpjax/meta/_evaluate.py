@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtpjax.meta import _learner as meta_lib
+from mtpjax._src import hoist as hoist_lib
 from mtpjax._src import types, validate
 
 
@@ -77,9 +78,11 @@ def make_evaluator(learner: meta_lib.MetaLearner, sample: types.SampleFn, *,
   validate.check_positive("max_steps", max_steps, allow_zero=True)
   validate.check_positive("batch_size", batch_size)
   metrics = metrics or {"loss": learner.loss_fn}
+  # The family's arrays are arguments of the compiled chunk, not constants baked into it.
+  data, draw = hoist_lib.hoist(sample)
 
-  def one_task(params, key):
-    episode = learner.prepare_episode(params, sample(key))
+  def one_task(params, data, key):
+    episode = learner.prepare_episode(params, draw(data, key))
     kw = {}
     if learner.task_repr is not None:  # the task's representation reaches every metric
       kw["task_repr"] = learner.task_repr(params, episode.support)
@@ -102,8 +105,8 @@ def make_evaluator(learner: meta_lib.MetaLearner, sample: types.SampleFn, *,
     return jax.tree.map(lambda *o: jnp.stack(o), *outs)  # {name: [len(at)]}
 
   @jax.jit
-  def chunk(params, keys):
-    return jax.vmap(one_task, in_axes=(None, 0))(params, keys)
+  def chunk(params, data, keys):
+    return jax.vmap(one_task, in_axes=(None, None, 0))(params, data, keys)
 
   def evaluator(params, key, num_tasks):
     validate.check_positive("num_tasks", num_tasks)
@@ -115,7 +118,7 @@ def make_evaluator(learner: meta_lib.MetaLearner, sample: types.SampleFn, *,
     keys = jax.random.split(key, num_tasks)
     pad = n_chunks * batch_size - num_tasks
     keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)]).reshape(n_chunks, batch_size)
-    outs = [jax.device_get(chunk(params, keys[i])) for i in range(n_chunks)]
+    outs = [jax.device_get(chunk(params, data, keys[i])) for i in range(n_chunks)]
     return {name: np.concatenate([o[name] for o in outs])[:num_tasks] for name in metrics}
 
   return evaluator

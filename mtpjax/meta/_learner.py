@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtpjax._src import hoist as hoist_lib
 from mtpjax._src import sharding as sharding_lib
 from mtpjax._src import trainer as trainer_lib
 from mtpjax._src import types
@@ -199,12 +200,15 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
       metrics["support_loss"] = jnp.mean(aux["support_loss"][:, 0])
     return outer_params, frozen, grads, metrics
 
-  def step(state: trainer_lib.TrainState, tasks: Optional[types.Episode] = None):
+  # The sampler's arrays are arguments of the compiled step, not constants baked into it.
+  data, draw = hoist_lib.hoist(sample, mesh)
+
+  def step(state: trainer_lib.TrainState, tasks: Optional[types.Episode] = None, data=None):
     if tasks is None:
       keys = jax.random.split(jax.random.fold_in(state.key, state.step), meta_batch_size)
       if mesh is not None:  # each device draws and adapts its own tasks
         keys = sharding_lib.split_tasks(keys, mesh)
-      tasks = jax.vmap(sample)(keys)  # Episode with leading axis [tasks]
+      tasks = jax.vmap(lambda k: draw(data, k))(keys)  # Episode with leading axis [tasks]
     elif mesh is not None:
       tasks = sharding_lib.split_tasks(tasks, mesh)
     outer_params, frozen, grads, metrics = meta_grads(state.params, tasks)
@@ -219,6 +223,7 @@ def meta_learner(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     check_episode_shapes(jax.eval_shape(sample, jax.random.key(0)), "sample(key)")
   compiled = trainer_lib.compile_step(
       step, what="meta_learner", can_sample=sample is not None, donate=donate, jit=jit,
+      data=data,
       check_batch=lambda state, tasks: check_episode_shapes(tasks, "step(state, tasks)",
                                                             batched=True))
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from mtpjax.mtl import _balancers as mtl_lib
+from mtpjax._src import hoist as hoist_lib
 from mtpjax._src import sharding as sharding_lib
 from mtpjax._src import trainer as trainer_lib
 from mtpjax._src import types
@@ -209,9 +210,12 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
       g_own = vjp(jnp.ones_like(losses))[1]
     return losses, aux, g_shared, g_own
 
-  def step(state, batches=None):
+  # The sampler's arrays are arguments of the compiled step, not constants baked into it.
+  data, draw = hoist_lib.hoist(sample, mesh)
+
+  def step(state, batches=None, data=None):
     if batches is None:
-      batches = sample(jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1))
+      batches = draw(data, jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1))
     if mesh is not None:  # each device computes its tasks' losses and gradients
       batches = sharding_lib.split_tasks(batches, mesh)
     key = jax.random.fold_in(state.key, state.step)
@@ -259,6 +263,6 @@ def multitask_trainer(loss_fn: Callable[[types.Params, Any], jax.Array],
   if sample is not None:
     check({}, jax.eval_shape(sample, jax.random.key(0)))
   compiled = trainer_lib.compile_step(
-      step, what="multitask_trainer", can_sample=sample is not None, donate=donate,
+      step, what="multitask_trainer", can_sample=sample is not None, donate=donate, data=data,
       check_batch=lambda state, batches: check(state.params, batches))
   return MultiTaskTrainer(init, compiled.step, task_params, num_tasks, compiled.run)
