@@ -252,6 +252,23 @@ def test_max_len_beyond_the_position_table_is_a_clear_error(tiny):
     tiny.net(entry_layer=1).apply(tiny.params, ids, {"prefix": jnp.zeros((3, 2, 1, 16))})
 
 
+@pytest.mark.parametrize("entry_layer", [0, 1])
+def test_token_ids_outside_the_vocabulary_raise_eagerly_and_give_nan_under_jit(tiny, entry_layer):
+  # jnp.take read -1 as the last token (a finite, wrong embedding) and vocab as NaN, silently.
+  vocab = tiny.config.vocab_size
+  net = tiny.net(entry_layer=entry_layer)
+  ids = np.asarray(tiny.tokenize(["hello world", "what"], 6)[0])
+  for bad in (-1, vocab):
+    wrong = ids.copy()
+    wrong[1, 1] = bad
+    with pytest.raises(ValueError, match=rf"token ids must be in \[0, {vocab}\).*\[{bad}\] \(1 "):
+      net.apply(tiny.params, jnp.asarray(wrong))
+    out = jax.jit(net.apply)(tiny.params, jnp.asarray(wrong))
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()  # only the bad row
+  np.testing.assert_allclose(jax.jit(net.apply)(tiny.params, jnp.asarray(ids)),
+                             net.apply(tiny.params, jnp.asarray(ids)), atol=1e-6)
+
+
 # --- Prompts on the pretrained encoder ------------------------------------------------------------
 
 @pytest.mark.parametrize("entry_layer", [0, 2])

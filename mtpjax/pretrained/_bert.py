@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtpjax.nn import _attention as attention
 from mtpjax._src import types
@@ -173,6 +174,26 @@ def text_mask(config: BertConfig, ids: types.Array) -> types.Array:
   return ids != config.pad_token_id
 
 
+def word_embeddings(table: types.Array, ids: types.Array) -> types.Array:
+  """Rows of the embedding table [vocab, d] for integer ids [...] -> [..., d].
+
+  An id outside [0, vocab) raises in an eager call and gives NaN under jit (no host sync), so
+  it cannot pass unseen: jnp.take would read -1 as the last token of the vocabulary.
+  """
+  vocab = table.shape[0]
+  if not isinstance(ids, jax.core.Tracer):
+    concrete = np.asarray(ids)
+    if not np.issubdtype(concrete.dtype, np.integer):
+      raise ValueError(f"token ids must be integers, got dtype {concrete.dtype}")
+    bad = (concrete < 0) | (concrete >= vocab)
+    if bad.any():
+      raise ValueError(f"token ids must be in [0, {vocab}) (the checkpoint's vocabulary), got "
+                       f"{sorted(set(concrete[bad].tolist()))[:5]} ({int(bad.sum())} tokens); "
+                       f"tokenize with the checkpoint's own tokenizer")
+  valid = (ids >= 0) & (ids < vocab)
+  return jnp.where(valid[..., None], jnp.take(table, jnp.where(valid, ids, 0), axis=0), jnp.nan)
+
+
 def embed(config: BertConfig, params, ids: types.Array,
           prompt: Optional[types.Array] = None) -> types.Array:
   """The embedding output LN(word + position + token type) [n, T (+ P), d].
@@ -181,7 +202,7 @@ def embed(config: BertConfig, params, ids: types.Array,
   """
   e = params["embeddings"]
   n, t = ids.shape
-  x = jnp.take(e["word"], ids, axis=0)                                     # [n, T, d]
+  x = word_embeddings(e["word"], ids)                                      # [n, T, d]
   if prompt is not None and prompt.shape[-2] > 0:
     x = _after_cls(x, prompt)
   s = x.shape[1]

@@ -166,7 +166,7 @@ def encoder(config: bert.BertConfig, *, weights: Any = None, entry_layer: int = 
     ids = _ids(x)
     mask = bert.text_mask(config, ids)
     if entry_layer == 0:
-      h = jnp.take(params["embeddings"]["word"], ids, axis=0)
+      h = bert.word_embeddings(params["embeddings"]["word"], ids)
     else:
       h = x["lower"] if isinstance(x, dict) else bert.lower(config, params, ids, entry_layer)
     return bert.pool(h, mask, "mean", False)
