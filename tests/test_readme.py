@@ -1,46 +1,61 @@
 """The code of the README and of the docs' guides must run as written."""
 
+import glob
 import os
 import re
 
+import jax
 import numpy as np
+import pytest
 from experiments._lib import env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# Where each example lives, in the order the tests below take them.
-PAGES = ("README.md", "docs/guides/prompts.md", "docs/guides/pretrained.md",
-         "docs/guides/multitask.md")
+PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in
+                               glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
 
 
-def python_blocks():
-  """The first python block of each page of PAGES."""
-  blocks = []
+def all_blocks() -> dict:
+  """{(page, i): the i-th python block of the page}, for the README and every docs page."""
+  blocks = {}
   for page in PAGES:
     with open(os.path.join(ROOT, page)) as f:
-      found = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
-    assert found, f"{page} has no python example"
-    blocks.append(found[0])
+      for i, code in enumerate(re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)):
+        blocks[(page, i)] = code
   return blocks
 
 
-def test_readme_example_runs_and_learns(capsys):
-  blocks = python_blocks()
-  assert blocks, "README has no python example"
+def run_block(page, i, capsys) -> dict:
+  """Runs a block as a reader pastes it; it must print what it computes."""
+  blocks = all_blocks()
+  assert (page, i) in blocks, f"{page} lost its python block {i}"
   namespace = {}
-  exec(compile(blocks[0], "README.md", "exec"), namespace)
+  exec(compile(blocks[(page, i)], page, "exec"), namespace)
+  assert capsys.readouterr().out.strip(), f"{page} block {i} computes but prints nothing"
+  return namespace
+
+
+# The blocks whose results the tests below check; every other block must run and print.
+CHECKED = {("README.md", 0), ("docs/guides/prompts.md", 0), ("docs/guides/pretrained.md", 0),
+           ("docs/guides/multitask.md", 0), ("docs/guides/multitask.md", 1)}
+
+
+@pytest.mark.parametrize("page,i", sorted(set(all_blocks()) - CHECKED))
+def test_every_other_block_runs_and_prints(page, i, capsys):
+  run_block(page, i, capsys)
+
+
+def test_readme_example_runs_and_learns(capsys):
+  namespace = run_block("README.md", 0, capsys)
   summary = namespace["result"].summary()["loss"]
   assert set(summary) == {0, 1, 10}
   assert summary[10][0] < summary[0][0]  # adaptation helps after 200 meta-steps already
   assert np.isfinite(summary[1][0])
 
 
-def test_readme_prompt_example_runs():
-  blocks = python_blocks()
-  assert len(blocks) >= 2, "README lost its prompt example"
-  namespace = {}
-  exec(compile(blocks[1], "README.md", "exec"), namespace)
+def test_prompts_guide_example_runs(capsys):
+  namespace = run_block("docs/guides/prompts.md", 0, capsys)
   state, params, res = namespace["state"], namespace["params"], namespace["res"]
   acc = res.summary()["accuracy"]
   assert set(acc) == {0, 1, 5} and all(0.0 <= m <= 1.0 for m, _ in acc.values())
@@ -50,15 +65,11 @@ def test_readme_prompt_example_runs():
       params["shared"]["token_embed"]["embedding"])
 
 
-def test_readme_pretrained_example_runs():
+def test_pretrained_guide_example_runs(capsys):
   data = env.data_dir()
   if not os.path.isfile(os.path.join(data, "all-MiniLM-L6-v2", "model.safetensors")):
-    import pytest
     pytest.skip(f"the pretrained checkpoint is not under {data}")
-  blocks = python_blocks()
-  assert len(blocks) >= 3, "README lost its pretrained-encoder example"
-  namespace = {}
-  exec(compile(blocks[2], "README.md", "exec"), namespace)
+  namespace = run_block("docs/guides/pretrained.md", 0, capsys)
   assert namespace["emb"].shape == (2, 384)
   np.testing.assert_allclose(np.linalg.norm(namespace["emb"], axis=-1), 1.0, rtol=1e-5)
   state, params, res = namespace["state"], namespace["params"], namespace["res"]
@@ -69,13 +80,22 @@ def test_readme_pretrained_example_runs():
                                 params["shared"]["layers"]["query"]["kernel"])  # frozen
 
 
-def test_readme_balancing_example_runs():
-  blocks = python_blocks()
-  assert len(blocks) >= 4, "README lost its multi-task balancing example"
-  namespace = {}
-  exec(compile(blocks[3], "README.md", "exec"), namespace)
+def test_balancing_guide_example_runs(capsys):
+  namespace = run_block("docs/guides/multitask.md", 0, capsys)
   losses, w = np.asarray(namespace["losses"]), np.asarray(namespace["info"]["weights"])
   assert w.shape == (3,) and np.all(w > 0)
   first = [float(namespace["task_loss"]({"w": np.zeros(5)}, x, y))
            for x, y in zip(namespace["xs"], namespace["ys"])]
   assert np.all(losses < np.asarray(first))  # every task improved from the shared start
+
+
+def test_multitask_trainer_guide_example_trains_every_task(capsys):
+  namespace = run_block("docs/guides/multitask.md", 1, capsys)
+  losses = np.asarray(namespace["metrics"]["task_losses"])      # [steps, T]
+  assert losses.shape == (300, 3)
+  assert np.all(losses[-1] < 0.05 * losses[0])                # every task learned, MGDA or not
+  heads = namespace["state"].params["head"]
+  leaves = jax.tree.leaves(heads)
+  assert all(leaf.shape[0] == 3 for leaf in leaves)            # one head per task
+  first = jax.tree.leaves(namespace["params"]["head"])
+  assert all(not np.allclose(a, b) for a, b in zip(leaves, first))  # every head trained
