@@ -1,6 +1,6 @@
 """The intent table from the results.json files of experiments/intents.py runs, and its plots.
 
-  python -m benchmarks.intents_table runs/intents [--data clinc150.jsonl] [--markdown FILE]
+  .venv/bin/python -m benchmarks.intents_table runs/intents [--data clinc150.jsonl] [--markdown FILE]
 
 One row per run (method): test accuracy (%) +- 95% CI at the inner-step count that validation
 chose for each setting, the parameters meta-trained and adapted per episode, and the training

@@ -9,8 +9,8 @@ devices: the compiled step's arguments per device (parameters, optimizer state: 
 axis splits), its temporary memory, compile time and, with --steps > 0, meta-steps/s.
 Compilation only by default (about 1.5 minutes per size on 2 CPU cores).
 
-  python -m benchmarks.model_axis [--devices 4] [--shards 1,2,4] [--steps 0] [--out runs/model_axis]
-  python -m benchmarks.model_axis --markdown runs/model_axis/model_axis.json   (the README table)
+  .venv/bin/python -m benchmarks.model_axis [--devices 4] [--shards 1,2,4] [--steps 0] [--out runs/model_axis]
+  .venv/bin/python -m benchmarks.model_axis --markdown runs/model_axis/model_axis.json   (the README table)
 
 On the CPU the devices are forced host devices (--xla_force_host_platform_device_count) that
 share the machine's cores, so the speed column measures the overhead of the gathers, not a

@@ -1,6 +1,6 @@
 """Step time of every balancing method relative to equal weighting, for 2, 10 and 50 tasks.
 
-  python -m benchmarks.mtl_speed [--tasks 2 10 50] [--steps 50]
+  .venv/bin/python -m benchmarks.mtl_speed [--tasks 2 10 50] [--steps 50]
 
 The model: a shared 2-layer ReLU MLP (256 units, 64 inputs) and a linear head per task, 32
 examples per task, Adam; each method's multi-task step (mj.mtl.multitask_trainer) runs

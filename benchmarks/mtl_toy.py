@@ -1,6 +1,6 @@
 """Every balancing method on the two-objective toy problem (CAGrad, Nash-MTL, FAMO).
 
-  python -m benchmarks.mtl_toy [--out runs/mtl_toy] [--steps 35000]
+  .venv/bin/python -m benchmarks.mtl_toy [--out runs/mtl_toy] [--steps 35000]
 
 From the five published starts, 35,000 Adam steps at lr 1e-3 on x (task 1's loss scaled by
 0.1), each method with its defaults (FAMO with the losses' lower bounds and gamma = 0, as its

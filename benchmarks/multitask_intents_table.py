@@ -3,7 +3,7 @@ test accuracy and macro-F1 of every method, Δm against the single-task models (
 conventions, accuracy and F1 as each task's two metrics), and, for CLINC150, the aggregation
 and distillation stages.
 
-  python -m benchmarks.multitask_intents_table RUNS [--markdown FILE]
+  .venv/bin/python -m benchmarks.multitask_intents_table RUNS [--markdown FILE]
       [--benchmark multitask_intents|multitask_omniglot]
 """
 

@@ -1,7 +1,7 @@
 """The multi-task synthetic table: per-task test MSE and Δm of every method against the
 single-task models, per architecture and task correlation, mean +- std over seeds.
 
-  python -m benchmarks.multitask_table RUNS [--markdown FILE] [--split test]
+  .venv/bin/python -m benchmarks.multitask_table RUNS [--markdown FILE] [--split test]
 
 Reads RUNS/*/results.json written by experiments.multitask. Δm is computed per seed against
 that seed's single_task run of the same architecture and correlation, then averaged; both

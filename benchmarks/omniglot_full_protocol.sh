@@ -4,7 +4,7 @@
 # images per class), meant for an accelerator. The README's Omniglot section says which of
 # these runs have been done and where.
 #   bash benchmarks/omniglot_full_protocol.sh [runs...]
-#   python -m benchmarks.omniglot_table runs/omniglot_full
+#   .venv/bin/python -m benchmarks.omniglot_table runs/omniglot_full
 # runs (default: all, in this order):
 #   speed        the MAML meta-step with each conv_impl (xla, im2col), mtpjax alone (for an
 #                accelerator: on a CPU, conv_impl xla takes ~22 s per meta-step)

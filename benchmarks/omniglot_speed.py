@@ -10,7 +10,7 @@ learn2learn runs in its own PyTorch environment (not a dependency of mtpjax), as
 hit both. Reported: mtpjax's compile time, the median seconds per meta-step of each, and their
 ratio.
 
-  python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
+  .venv/bin/python -m benchmarks.omniglot_speed --peer_python /path/to/torch-venv/bin/python \
       [--queries 1] [--rounds 3] [--steps 5] [--steps_per_call 1] [--conv_impl auto] \
       [--norm group] [--xla_flags FLAGS] [--out DIR]
 

@@ -1,6 +1,6 @@
 """Prints the README's Omniglot table from the results.json files of a runs directory.
 
-  python -m benchmarks.omniglot_table [RUNS_DIR]      # default: runs/omniglot_cpu
+  .venv/bin/python -m benchmarks.omniglot_table [RUNS_DIR]      # default: runs/omniglot_cpu
 
 Accuracy (%) on 600 test episodes, mean ± 95% CI, at the protocol's test inner-step count
 (3 for 5-way; ProtoNet has none) and after 1 step, beside the published figures.

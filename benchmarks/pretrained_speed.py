@@ -14,9 +14,9 @@ Three measurements, printed as tables and saved to OUT/pretrained_speed.json wit
 3. A late prompt entering at layer 4 of 6 with the lower layers computed once per sentence
    (meta_learner(prepare=model.prepare)), against the same prompt at the input.
 
-  python -m benchmarks.pretrained_speed --peer_python /path/to/torch-venv/bin/python \
+  .venv/bin/python -m benchmarks.pretrained_speed --peer_python /path/to/torch-venv/bin/python \
       [--sentences 4000] [--rounds 2] [--steps 3] [--out runs/pretrained_speed]
-  python -m benchmarks.pretrained_speed --markdown runs/pretrained_speed/pretrained_speed.json
+  .venv/bin/python -m benchmarks.pretrained_speed --markdown runs/pretrained_speed/pretrained_speed.json
 
 The second form prints the README's tables from a saved result, running nothing.
 """

@@ -2,7 +2,7 @@
 prefix in every layer. Forward (inference) and forward+backward (gradient to every parameter),
 on the default encoder (width 128, depth 2, 4 heads), timed alternately in one process.
 
-  python -m benchmarks.prompt_cost [--batch 64] [--length 32] [--rounds 7] [--out DIR]
+  .venv/bin/python -m benchmarks.prompt_cost [--batch 64] [--length 32] [--rounds 7] [--out DIR]
 """
 
 import argparse

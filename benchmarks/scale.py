@@ -15,8 +15,8 @@ Two grids:
   and the compiled step's temporary memory (XLA's memory_analysis; on a GPU also the peak of
   `memory_stats()` after running it).
 
-  python -m benchmarks.scale [--devices 1,4] [--meta_batch 4,8,16,32] [--out runs/scale]
-  python -m benchmarks.scale --markdown runs/scale/scale.json    (the README's tables; redraws
+  .venv/bin/python -m benchmarks.scale [--devices 1,4] [--meta_batch 4,8,16,32] [--out runs/scale]
+  .venv/bin/python -m benchmarks.scale --markdown runs/scale/scale.json    (the README's tables; redraws
                                                                   the plot)
 
 On the CPU, forced devices share the machine's cores: N devices cannot run N times faster

@@ -7,10 +7,10 @@ shared machine drifts over a run, so the headline figure is the median of the pe
 ratios (each round times both back to back); the ratio of the medians is printed beside it.
 
 Also timed, once per round: the experiment script itself with its defaults
-(`python -m experiments.sinusoid`, only --cli_steps meta-steps), by the meta-steps/s it
+(`.venv/bin/python -m experiments.sinusoid`, only --cli_steps meta-steps), by the meta-steps/s it
 reports (compilation excluded; its logging and checkpoints included).
 
-  python -m benchmarks.sinusoid_speed [--steps 2000] [--rounds 5] [--cli_steps 10000] [--out DIR]
+  .venv/bin/python -m benchmarks.sinusoid_speed [--steps 2000] [--rounds 5] [--cli_steps 10000] [--out DIR]
 """
 
 import argparse
@@ -114,7 +114,7 @@ def main():
   ap.add_argument("--rounds", type=int, default=11)
   ap.add_argument("--cli_steps", type=int, default=10_000,
                   help="meta-steps of each round's run of the experiment script with its "
-                       "defaults (python -m experiments.sinusoid); 0 leaves it out")
+                       "defaults (.venv/bin/python -m experiments.sinusoid); 0 leaves it out")
   ap.add_argument("--out", default=None, help="directory for speed.json")
   args = ap.parse_args()
   steps = {"hand_written_jax": hand_written_step(), "mtpjax": library_step()}

@@ -1,6 +1,6 @@
 """Prints the README's sinusoid table from the results.json files of a runs directory.
 
-  python -m benchmarks.sinusoid_table [RUNS_DIR]      # default: runs
+  .venv/bin/python -m benchmarks.sinusoid_table [RUNS_DIR]      # default: runs
 """
 
 import glob

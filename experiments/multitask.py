@@ -1,6 +1,6 @@
 """Multi-task learning with balancing methods on tasks of controlled correlation.
 
-  python -m experiments.multitask --workdir runs/mtl/famo --config.method=famo
+  .venv/bin/python -m experiments.multitask --workdir runs/mtl/famo --config.method=famo
 
 See experiments/configs/multitask.py for the protocol and every field; the table over methods,
 architectures, correlations and seeds (with Δm) is `python -m benchmarks.multitask_table`.

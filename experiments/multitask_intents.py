@@ -1,7 +1,7 @@
 """Multi-task intent classification: CLINC150's domains as tasks, per-domain prompts and heads on
 a frozen encoder, any balancing method; then aggregation to held-out domains and distillation.
 
-  python -m experiments.multitask_intents --workdir runs/mtl_intents/famo --config.method=famo
+  .venv/bin/python -m experiments.multitask_intents --workdir runs/mtl_intents/famo --config.method=famo
 
 See experiments/configs/multitask_intents.py for the protocol and every field.
 """

@@ -1,7 +1,7 @@
 """Multi-task image classification on Omniglot's alphabets: a shared Conv4, per-alphabet heads
 and FiLM prompts, any balancing method.
 
-  python -m experiments.multitask_omniglot --workdir runs/mtl_omniglot/famo --config.method=famo
+  .venv/bin/python -m experiments.multitask_omniglot --workdir runs/mtl_omniglot/famo --config.method=famo
 
 See experiments/configs/multitask_omniglot.py for the protocol and every field.
 """

@@ -1,6 +1,6 @@
 """Omniglot few-shot classification: meta-train on the MAML split, evaluate 600 test episodes.
 
-  python -m experiments.omniglot --workdir runs/omniglot_maml [--config.algorithm=protonet ...]
+  .venv/bin/python -m experiments.omniglot --workdir runs/omniglot_maml [--config.algorithm=protonet ...]
 
 See experiments/configs/omniglot.py for the protocol and every field. Data: omniglot28.npz
 from config.data_path, else $MTPJAX_DATA_DIR, else ../shared/data beside the checkout.

@@ -1,6 +1,6 @@
 """Sinusoid regression benchmark: meta-train, evaluate on 600 fresh tasks, plot.
 
-  python -m experiments.sinusoid --workdir runs/sinusoid [--config.algorithm=cavia ...]
+  .venv/bin/python -m experiments.sinusoid --workdir runs/sinusoid [--config.algorithm=cavia ...]
 
 See experiments/configs/sinusoid.py for the protocol and every field.
 """

@@ -1,8 +1,8 @@
 """Multi-task learning on regression tasks of controlled correlation (MMoE's synthetic benchmark).
 
-  python -m experiments.multitask --workdir runs/mtl/equal
-  python -m experiments.multitask --workdir runs/mtl/famo --config.method=famo
-  python -m experiments.multitask --workdir runs/mtl/single --config.method=single_task
+  .venv/bin/python -m experiments.multitask --workdir runs/mtl/equal
+  .venv/bin/python -m experiments.multitask --workdir runs/mtl/famo --config.method=famo
+  .venv/bin/python -m experiments.multitask --workdir runs/mtl/single --config.method=single_task
   bash benchmarks/multitask_synthetic.sh runs/mtl      # every method, arch, correlation, seed
 
 Protocol: two regression tasks from mtpjax.tasks.correlated (c = 1, m = 10, alpha_i = 1..10,

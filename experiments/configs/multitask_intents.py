@@ -1,7 +1,7 @@
 """Multi-task intent classification with prompts: CLINC150's domains as tasks on a frozen encoder.
 
-  python -m experiments.multitask_intents --workdir runs/mtl_intents/famo --config.method=famo
-  python -m experiments.multitask_intents --workdir runs/mtl_intents/single --config.method=single_task
+  .venv/bin/python -m experiments.multitask_intents --workdir runs/mtl_intents/famo --config.method=famo
+  .venv/bin/python -m experiments.multitask_intents --workdir runs/mtl_intents/single --config.method=single_task
   bash benchmarks/multitask_intents.sh runs/mtl_intents       # every method, then the table
 
 Protocol: each of CLINC150's domains but the held-out ones (config.heldout_domains) is one

@@ -1,7 +1,7 @@
 """Multi-task image classification: Omniglot's alphabets as tasks, a shared Conv4, per-alphabet
 heads and FiLM prompts, any balancing method.
 
-  python -m experiments.multitask_omniglot --workdir runs/mtl_omniglot/famo --config.method=famo
+  .venv/bin/python -m experiments.multitask_omniglot --workdir runs/mtl_omniglot/famo --config.method=famo
   bash benchmarks/multitask_omniglot.sh runs/mtl_omniglot     # every method, then the table
 
 Protocol: the first config.num_alphabets alphabets of Omniglot's background set in name order

@@ -1,8 +1,8 @@
 """Omniglot few-shot classification, the protocol of Finn et al. 2017 (cbfinn/maml).
 
-  python -m experiments.omniglot --workdir runs/omniglot_maml
-  python -m experiments.omniglot --workdir runs/omniglot_proto --config.algorithm=protonet
-  python -m experiments.omniglot --workdir runs/omniglot_20way --config.ways=20
+  .venv/bin/python -m experiments.omniglot --workdir runs/omniglot_maml
+  .venv/bin/python -m experiments.omniglot --workdir runs/omniglot_proto --config.algorithm=protonet
+  .venv/bin/python -m experiments.omniglot --workdir runs/omniglot_20way --config.ways=20
 
 Protocol defaults (filled into any field left at None):
   MAML split: 1200 meta-training characters and 423 test characters (shuffled by

@@ -1,7 +1,7 @@
 """Sinusoid regression, the protocol of Finn et al. 2017 (MAML) and Zintgraf et al. 2019 (CAVIA).
 
-  python -m experiments.sinusoid --workdir runs/sinusoid_maml
-  python -m experiments.sinusoid --workdir runs/sinusoid_cavia --config.algorithm=cavia
+  .venv/bin/python -m experiments.sinusoid --workdir runs/sinusoid_maml
+  .venv/bin/python -m experiments.sinusoid --workdir runs/sinusoid_cavia --config.algorithm=cavia
 
 Defaults (per algorithm, filled into any field left at None):
   MLP 1-40-40-1 ReLU, meta-batch 25, Adam 1e-3, K support and K query points per training
