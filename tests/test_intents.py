@@ -50,6 +50,10 @@ def tiny_config(files, method, **overrides):
   if config.method in ("multitask", "finetune"):
     config.num_steps = 2
   config.eval_inner_steps = tuple(min(s, 2) for s in config.eval_inner_steps)
+  method_ = config_lib.METHODS[method]
+  if ("eval_inner_steps" not in overrides and config.eval_inner_steps == (0,)
+      and method_.inner_loop and method_.prompt is not None):
+    config.eval_inner_steps = (0, 2)  # test-time steps run too, though not a default here
   _lib.check_config(config, config_lib.METHODS)
   return config
 
@@ -120,7 +124,10 @@ def test_test_data_on_resume_adds_rows_without_retraining(files, tmp_path):
   first = run(files, tmp_path, "fomaml")
   assert {r["data"] for r in first["rows"]} == {"data.jsonl"}
   ckpt = sorted(os.listdir(tmp_path / "checkpoints"))
-  again = run(files, tmp_path, "fomaml", test_data=files["ext"])
+  # Chunks sized by utterances (9 = one 3-way 1-shot episode with its 6 queries) instead of 4
+  # episodes: only memory changes, so the resumed run evaluates the same episodes.
+  again = run(files, tmp_path, "fomaml", test_data=files["ext"], eval_batch_size=None,
+              eval_chunk_utterances=9)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ckpt  # resumed, not retrained
   ext_rows = [r for r in again["rows"] if r["data"] == "ext.jsonl"]
   assert ext_rows and all(r["split"] == "test" and r["episodes"] == 4 for r in ext_rows)

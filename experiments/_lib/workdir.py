@@ -8,12 +8,14 @@ import warnings
 
 # Fields that may change between a checkpoint and its resumption without altering the run
 # (xla_flags changes how XLA compiles the same computation, so only float rounding;
-# eval_batch_size changes how many test tasks are vmapped at once, so only memory: the tasks
-# are the same whatever the chunk size). Lowering eval_batch_size is how a run whose
-# evaluation ran out of memory is finished from its last checkpoint.
+# eval_batch_size (and eval_chunk_utterances, which sizes it) changes how many test tasks are
+# vmapped at once, so only memory: the tasks are the same whatever the chunk size). Lowering
+# eval_batch_size is how a run whose evaluation ran out of memory is finished from its last
+# checkpoint.
 # test_data (the text experiments) names an extra evaluation file: it changes which rows are
 # added to results.json, never the training.
-COSMETIC_FIELDS = ("progress", "xla_flags", "eval_batch_size", "test_data")
+COSMETIC_FIELDS = ("progress", "xla_flags", "eval_batch_size", "eval_chunk_utterances",
+                   "test_data")
 
 
 class ConfigMismatch(ValueError):
