@@ -1,4 +1,4 @@
-"""The intent table from the results.json files of experiments/intents.py runs, and its plots.
+"""The intent table from the results.json files of experiments/intents/main.py runs, and its plots.
 
   .venv/bin/python -m benchmarks.intents_table runs/intents [--data clinc150.jsonl] [--markdown FILE]
 

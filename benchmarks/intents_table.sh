@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every method of the intent table (experiments/intents.py), one workdir each, then the table.
+# Every method of the intent table (experiments/intents/main.py), one workdir each, then the table.
 #   bash benchmarks/intents_table.sh [RUNS] [methods...]
 #   TEST_DATA=other.jsonl bash benchmarks/intents_table.sh runs/intents   # also that file
 # PRESET=cpu (the default) is the shortened protocol the README's table was run with on a

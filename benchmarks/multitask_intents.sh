@@ -8,7 +8,7 @@ set -euo pipefail
 RUNS=${1:-runs/mtl_intents}
 SEEDS=${2:-"0"}
 PY=${PYTHON:-.venv/bin/python}
-METHODS=${METHODS:-$($PY -c "from experiments.configs import multitask_intents as m; print(' '.join(x for x in m.METHODS if x != 'fixed'))")}
+METHODS=${METHODS:-$($PY -c "from experiments.multitask_intents import config as m; print(' '.join(x for x in m.METHODS if x != 'fixed'))")}
 STAGED=${STAGED:-"equal famo single_task"}
 mkdir -p "$RUNS"
 for seed in $SEEDS; do

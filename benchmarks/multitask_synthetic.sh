@@ -8,7 +8,7 @@ set -euo pipefail
 RUNS=${1:-runs/mtl}
 SEEDS=${2:-"0 1 2"}
 PY=${PYTHON:-.venv/bin/python}
-METHODS=${METHODS:-$($PY -c "from experiments.configs import multitask as m; print(' '.join(x for x in m.METHODS if x != 'fixed'))")}
+METHODS=${METHODS:-$($PY -c "from experiments.multitask import config as m; print(' '.join(x for x in m.METHODS if x != 'fixed'))")}
 JOBS=${JOBS:-1}
 mkdir -p "$RUNS"
 jobs_list=()

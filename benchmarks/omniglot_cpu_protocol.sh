@@ -2,7 +2,7 @@
 # The shortened CPU protocol of the README's Omniglot table: 5-way 1-shot training episodes,
 # meta-batch 8 (paper: 32), 2,000 meta-steps (paper: 60,000), test episodes with 5 query images
 # per class (paper code: 15 in most re-implementations); every other field as in
-# experiments/configs/omniglot.py. Each model is tested on 600 5-way 1-shot and 600 5-way
+# experiments/omniglot/config.py. Each model is tested on 600 5-way 1-shot and 600 5-way
 # 5-shot episodes (the paper trains a separate 5-shot model); ProtoNet, which has no head, also
 # on 20-way 1-shot and 5-shot episodes. "NAME_zero" runs NAME with the zeroing trick
 # (--config.zero_head=True: the head starts every task at zero). "NAME_20way" trains NAME on

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full Omniglot protocol (Finn et al. 2017; experiments/configs/omniglot.py's defaults:
+# The full Omniglot protocol (Finn et al. 2017; experiments/omniglot/config.py's defaults:
 # 60,000 meta-steps, meta-batch 32 for 5-way and 16 for 20-way, test episodes with 15 query
 # images per class), meant for an accelerator. The README's Omniglot section says which of
 # these runs have been done and where.

@@ -43,7 +43,7 @@ import optax
 from benchmarks import script_steps_per_sec
 from experiments._lib import compile_timer
 from experiments._lib.env import apply_xla_flags
-from experiments.configs.omniglot import default_xla_flags
+from experiments.omniglot.config import default_xla_flags
 import mtpjax as mj
 
 WAYS, SHOTS, INNER_LR, OUTER_LR = 5, 1, 0.4, 1e-3

@@ -14,7 +14,7 @@ import pytest
 
 import mtpjax as mj
 from experiments import _lib
-from experiments import sinusoid
+from experiments.sinusoid import main as sinusoid
 from tests.test_experiments import ROOT, TINY, tiny_config
 from experiments._lib import env as env_lib
 

@@ -14,8 +14,8 @@ import pytest
 
 import mtpjax as mj
 from experiments import _lib
-from experiments import sinusoid
-from experiments.configs import sinusoid as config_lib
+from experiments.sinusoid import main as sinusoid
+from experiments.sinusoid import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(num_steps=40, meta_batch_size=4, eval_tasks=20, eval_inner_steps=(0, 1, 3),

@@ -225,8 +225,8 @@ def test_every_public_function_and_class_has_a_docstring():
 
 
 def test_too_few_omniglot_characters_name_the_config_field(tmp_path):
-  from experiments import omniglot as omniglot_exp
-  from experiments.configs import omniglot as omniglot_config
+  from experiments.omniglot import main as omniglot_exp
+  from experiments.omniglot import config as omniglot_config
   from test_omniglot import tiny_npz
   tiny_npz(tmp_path / "o.npz")
   c = omniglot_config.get_config()
@@ -238,7 +238,7 @@ def test_too_few_omniglot_characters_name_the_config_field(tmp_path):
 def test_the_quick_start_figures_are_bitwise_reproducible_at_a_reduced_step_count(tmp_path):
   # The README's quick start is `python -m experiments.sinusoid` with the default config: the
   # same seed must give the same figures, bit for bit, so the README's row can be checked.
-  from experiments.configs import sinusoid as config_lib
+  from experiments.sinusoid import config as config_lib
 
   def once(workdir):
     c = config_lib.get_config()

@@ -1,4 +1,4 @@
-"""The intent benchmark (experiments/intents.py) on a tiny random BERT and generated JSONL data:
+"""The intent benchmark (experiments/intents/main.py) on a tiny random BERT and generated JSONL data:
 every method end to end, the class split, test_data on resume, the 0-step shortcut, errors."""
 
 import os
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from experiments import _lib
-from experiments import intents
-from experiments.configs import intents as config_lib
+from experiments.intents import main as intents
+from experiments.intents import config as config_lib
 from tests.test_pretrained import WORDS, write_checkpoint, write_jsonl
 
 DOMAINS = ("d0", "d1", "d2")

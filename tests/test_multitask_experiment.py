@@ -1,4 +1,4 @@
-"""experiments/multitask.py end to end on a tiny problem, and the Δm table built from its runs."""
+"""experiments/multitask/main.py end to end on a tiny problem, and the Δm table built from its runs."""
 
 import json
 import os
@@ -12,8 +12,8 @@ import mtpjax as mj
 
 from benchmarks import multitask_table
 from experiments import _lib
-from experiments import multitask
-from experiments.configs import multitask as config_lib
+from experiments.multitask import main as multitask
+from experiments.multitask import config as config_lib
 
 
 def tiny(method, **overrides):
@@ -77,8 +77,8 @@ def test_multitask_config_errors_are_clear():
 
 def test_omniglot_alphabets_of_different_sizes_as_tasks_run_end_to_end(tmp_path):
   from benchmarks import multitask_intents_table
-  from experiments import multitask_omniglot
-  from experiments.configs import multitask_omniglot as omni_config
+  from experiments.multitask_omniglot import main as multitask_omniglot
+  from experiments.multitask_omniglot import config as omni_config
   from tests.test_omniglot import tiny_npz
   # Two background alphabets of 3 and 2 characters: the second's head has a masked output.
   tiny_npz(tmp_path / "o.npz", n_bg=5, background_alphabet=np.array(["A"] * 3 + ["B"] * 2))

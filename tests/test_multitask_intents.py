@@ -1,4 +1,4 @@
-"""experiments/multitask_intents.py on a tiny random BERT and generated data: the multi-task
+"""experiments/multitask_intents/main.py on a tiny random BERT and generated data: the multi-task
 stage for a method and the single-task baselines, aggregation and distillation rows, and the
 table built from them."""
 
@@ -9,8 +9,8 @@ import pytest
 
 from benchmarks import multitask_intents_table
 from experiments import _lib
-from experiments import multitask_intents
-from experiments.configs import multitask_intents as config_lib
+from experiments.multitask_intents import main as multitask_intents
+from experiments.multitask_intents import config as config_lib
 from tests.test_pretrained import WORDS, write_checkpoint, write_jsonl
 
 DOMAINS = ("d0", "d1", "d2")

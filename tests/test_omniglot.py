@@ -174,7 +174,7 @@ def test_protonet_as_a_zero_step_meta_learner_differentiates_through_the_prototy
 
 
 def _experiment_config(tmp_path, **overrides):
-  from experiments.configs import omniglot as config_lib
+  from experiments.omniglot import config as config_lib
   tiny_npz(tmp_path / "o.npz", n_bg=8, n_ev=4)
   c = config_lib.get_config()
   c.update(dict(data_path=str(tmp_path / "o.npz"), num_train_characters=8, num_steps=2,
@@ -211,7 +211,7 @@ def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
 
 def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_path):
   from experiments import _lib
-  from experiments import omniglot as experiment
+  from experiments.omniglot import main as experiment
   config = _experiment_config(tmp_path, algorithm="protonet", eval_settings=("5x1", "10x2"))
   _lib.check_config(config, ("protonet",))
   exp = experiment.build(config, _lib.make_optimizer(config))._replace(plot=None)
@@ -231,7 +231,7 @@ def test_omniglot_protonet_trains_and_tests_on_more_ways_than_it_trained_on(tmp_
 ])
 def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):
   from experiments import _lib
-  from experiments import omniglot as experiment
+  from experiments.omniglot import main as experiment
   overrides = {field: value}
   if field == "context_dim" or "cavia" in match:
     overrides["algorithm"] = "cavia"
@@ -243,7 +243,7 @@ def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):
 
 
 def test_omniglot_config_rejects_an_unknown_algorithm():
-  from experiments.configs import omniglot as config_lib
+  from experiments.omniglot import config as config_lib
   c = config_lib.get_config()
   c.algorithm = "matching_nets"
   with pytest.raises(ValueError, match="config.algorithm must be one of"):
@@ -251,7 +251,7 @@ def test_omniglot_config_rejects_an_unknown_algorithm():
 
 
 def test_omniglot_batch_norm_runs_ask_for_ynnpack_elementwise_fusion_and_others_do_not():
-  from experiments.configs import omniglot as config_lib
+  from experiments.omniglot import config as config_lib
   resolved = {}
   for norm, flags in (("batch_transductive", None), ("group", None), ("batch_transductive", "")):
     c = config_lib.get_config()
@@ -263,7 +263,7 @@ def test_omniglot_batch_norm_runs_ask_for_ynnpack_elementwise_fusion_and_others_
 
 def test_omniglot_zero_head_keeps_the_head_at_zero_while_the_network_learns(tmp_path):
   from experiments import _lib
-  from experiments import omniglot as experiment
+  from experiments.omniglot import main as experiment
   config = _experiment_config(tmp_path, algorithm="fomaml", zero_head=True)
   exp = experiment.build(config, _lib.make_optimizer(config))
   state = exp.learner.init(exp.params, key=jax.random.key(0))

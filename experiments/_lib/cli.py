@@ -90,8 +90,8 @@ def _check_config_flags(argv, default_config) -> None:
 
 def usage(default_config: ml_collections.ConfigDict, choices=None) -> str:
   """--help: the command, every config field with its default, and the methods."""
-  prog = os.path.basename(sys.argv[0])
-  module = ("experiments." + os.path.splitext(prog)[0]) if prog.endswith(".py") else prog
+  # sys.argv[0] is experiments/<name>/__main__.py (or main.py): the module is the folder.
+  module = "experiments." + os.path.basename(os.path.dirname(os.path.abspath(sys.argv[0])))
   lines = [f"usage: python -m {module} --workdir DIR [--config.FIELD=VALUE ...] "
            f"[--allow_config_change]", "",
            "  --workdir DIR           config, metrics, checkpoints and results; a rerun with "

@@ -130,7 +130,7 @@ def apply_xla_flags(extra: Optional[str]) -> None:
   """Append `extra` to $XLA_FLAGS, which XLA reads once, when JAX starts its backend.
 
   For flags that are a per-experiment choice (config.xla_flags), e.g. the CPU fusion setting
-  that takes ~24% off batch-norm Conv4's MAML step (experiments/configs/omniglot.py). A flag
+  that takes ~24% off batch-norm Conv4's MAML step (experiments/omniglot/config.py). A flag
   already in $XLA_FLAGS is left as the user set it. Warns instead if the backend has already
   started in this process (then the flags cannot take effect).
   """

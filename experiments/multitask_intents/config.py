@@ -29,7 +29,7 @@ After training, two more measurements on the same run (rows with "stage"):
 
 import ml_collections
 
-from experiments.configs import common
+from experiments._lib import config as common
 
 METHODS = common.multitask_methods()
 CLINC_DOMAINS = ("auto_and_commute", "banking", "credit_cards", "home", "kitchen_and_dining",

@@ -17,7 +17,7 @@ against config.method=single_task (one Conv4, head and prompt per alphabet, side
 
 import ml_collections
 
-from experiments.configs import common
+from experiments._lib import config as common
 
 METHODS = common.multitask_methods()
 SPLIT = {"train": (0, 12), "val": (12, 16), "test": (16, 20)}  # drawing indices per character

@@ -3,7 +3,7 @@ and FiLM prompts, any balancing method.
 
   .venv/bin/python -m experiments.multitask_omniglot --workdir runs/mtl_omniglot/famo --config.method=famo
 
-See experiments/configs/multitask_omniglot.py for the protocol and every field.
+See experiments/multitask_omniglot/config.py for the protocol and every field.
 """
 
 import jax
@@ -12,8 +12,8 @@ import numpy as np
 
 import mtpjax as mj
 from experiments import _lib
-from experiments.configs import common as config_common
-from experiments.configs import multitask_omniglot as config_lib
+from experiments._lib import config as config_common
+from experiments.multitask_omniglot import config as config_lib
 from mtpjax.tasks import omniglot
 from experiments._lib import env
 
@@ -115,6 +115,11 @@ def build(config, optimizer) -> _lib.Experiment:
                            mesh=mesh)
 
 
-if __name__ == "__main__":
+def cli():
+  """python -m experiments.multitask_omniglot --workdir DIR [--config.FIELD=VALUE ...]."""
   _lib.main(config_lib.get_config(), config_lib.resolve, build,
               algorithms=config_lib.METHODS, meta=False)
+
+
+if __name__ == "__main__":
+  cli()

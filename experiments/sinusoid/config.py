@@ -15,7 +15,7 @@ Expected (10-shot, 1 CPU run each; see README): MAML ~0.4 MSE after 1 step, ~0.1
 the published MAML figure is 0.77 +- 0.11 after 1 step.
 """
 
-from experiments.configs import common
+from experiments._lib import config as common
 
 ALGORITHM_DEFAULTS = {
     "maml": dict(inner_lr=0.01, inner_steps=1, num_steps=70_000, context_dim=0),

@@ -2,7 +2,7 @@
 
   .venv/bin/python -m experiments.omniglot --workdir runs/omniglot_maml [--config.algorithm=protonet ...]
 
-See experiments/configs/omniglot.py for the protocol and every field. Data: omniglot28.npz
+See experiments/omniglot/config.py for the protocol and every field. Data: omniglot28.npz
 from config.data_path, else $MTPJAX_DATA_DIR, else ../shared/data beside the checkout.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 
 import mtpjax as mj
 from experiments import _lib
-from experiments.configs import omniglot as config_lib
+from experiments.omniglot import config as config_lib
 from experiments._lib import env
 
 EVAL_SEED_OFFSET = 10_007  # test episodes come from their own key, never from training's
@@ -179,5 +179,10 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
   return paths
 
 
-if __name__ == "__main__":
+def cli():
+  """python -m experiments.omniglot --workdir DIR [--config.FIELD=VALUE ...]."""
   _lib.main(config_lib.get_config(), config_lib.resolve, build, config_lib.ALGORITHMS)
+
+
+if __name__ == "__main__":
+  cli()

@@ -3,7 +3,7 @@ a frozen encoder, any balancing method; then aggregation to held-out domains and
 
   .venv/bin/python -m experiments.multitask_intents --workdir runs/mtl_intents/famo --config.method=famo
 
-See experiments/configs/multitask_intents.py for the protocol and every field.
+See experiments/multitask_intents/config.py for the protocol and every field.
 """
 
 import sys
@@ -17,8 +17,8 @@ import optax
 
 import mtpjax as mj
 from experiments import _lib
-from experiments.configs import common as config_common
-from experiments.configs import multitask_intents as config_lib
+from experiments._lib import config as config_common
+from experiments.multitask_intents import config as config_lib
 from mtpjax.tasks import text as text_tasks
 from experiments._lib import env
 
@@ -287,6 +287,11 @@ def build(config, optimizer) -> _lib.Experiment:
                          mesh=mesh)
 
 
-if __name__ == "__main__":
+def cli():
+  """python -m experiments.multitask_intents --workdir DIR [--config.FIELD=VALUE ...]."""
   _lib.main(config_lib.get_config(), config_lib.resolve, build,
               algorithms=config_lib.METHODS, meta=False)
+
+
+if __name__ == "__main__":
+  cli()

@@ -22,7 +22,7 @@ features, no inner loop). "cavia" / "prompt_maml" is the context-prompt variant:
 
 from ml_collections import config_dict
 
-from experiments.configs import common
+from experiments._lib import config as common
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "cavia", "prompt_maml", "reptile", "protonet")
 

@@ -2,7 +2,7 @@
 
   .venv/bin/python -m experiments.multitask --workdir runs/mtl/famo --config.method=famo
 
-See experiments/configs/multitask.py for the protocol and every field; the table over methods,
+See experiments/multitask/config.py for the protocol and every field; the table over methods,
 architectures, correlations and seeds (with Δm) is `python -m benchmarks.multitask_table`.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 
 import mtpjax as mj
 from experiments import _lib
-from experiments.configs import multitask as config_lib
+from experiments.multitask import config as config_lib
 from experiments._lib import env
 
 NUM_TASKS = 2
@@ -98,6 +98,11 @@ def make_plots(workdir, config, history):
       title=f"{config.method}, {config.arch}, correlation {config.correlation}")
 
 
-if __name__ == "__main__":
+def cli():
+  """python -m experiments.multitask --workdir DIR [--config.FIELD=VALUE ...]."""
   _lib.main(config_lib.get_config(), config_lib.resolve, build,
               algorithms=config_lib.METHODS, meta=False)
+
+
+if __name__ == "__main__":
+  cli()

@@ -4,7 +4,7 @@
   .venv/bin/python -m experiments.intents --workdir runs/intents/fomaml --config.method=fomaml
   .venv/bin/python -m experiments.intents --workdir runs/intents/fomaml --config.test_data=other.jsonl
 
-See experiments/configs/intents.py for the protocol, the methods and every field;
+See experiments/intents/config.py for the protocol, the methods and every field;
 benchmarks/intents_table.sh runs them all and benchmarks/intents_table.py prints the table.
 Re-running a finished workdir with another --config.test_data evaluates its trained model on
 that file and adds its rows to results.json (no retraining).
@@ -23,14 +23,14 @@ import optax
 
 import mtpjax as mj
 from experiments import _lib
-from experiments.configs import intents as config_lib
+from experiments.intents import config as config_lib
 from mtpjax import prompts
 
 from mtpjax.tasks import text as text_tasks
 from experiments._lib import env
 
 P, PS, H, S = mj.PROMPT, mj.PROMPT_SHARED, mj.HEAD, mj.SHARED
-# The method records (experiments/configs/intents.py) as the tables build reads.
+# The method records (experiments/intents/config.py) as the tables build reads.
 METHODS = config_lib.METHODS
 PROMPT_METHODS = tuple(m for m, r in METHODS.items() if r.prompt is not None)
 ALGORITHMS = {m: r.algorithm for m, r in METHODS.items()}
@@ -561,5 +561,10 @@ def make_plots(workdir, config, history, extras):
   return paths
 
 
-if __name__ == "__main__":
+def cli():
+  """python -m experiments.intents --workdir DIR [--config.FIELD=VALUE ...]."""
   _lib.main(config_lib.get_config(), config_lib.resolve, build, config_lib.METHODS)
+
+
+if __name__ == "__main__":
+  cli()

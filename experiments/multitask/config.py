@@ -25,7 +25,7 @@ as config.hyperparameters="name=value,name=value" (e.g. "c=0.4" for cagrad).
 
 import ml_collections
 
-from experiments.configs import common
+from experiments._lib import config as common
 
 METHODS = common.multitask_methods()
 ARCHS = ("shared_bottom", "mmoe")

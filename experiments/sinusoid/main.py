@@ -2,7 +2,7 @@
 
   .venv/bin/python -m experiments.sinusoid --workdir runs/sinusoid [--config.algorithm=cavia ...]
 
-See experiments/configs/sinusoid.py for the protocol and every field.
+See experiments/sinusoid/config.py for the protocol and every field.
 """
 
 
@@ -12,7 +12,7 @@ import numpy as np
 
 import mtpjax as mj
 from experiments import _lib
-from experiments.configs import sinusoid as config_lib
+from experiments.sinusoid import config as config_lib
 from experiments._lib import env
 
 EVAL_SEED_OFFSET = 10_007  # evaluation tasks are drawn from their own key, never from training's
@@ -99,5 +99,10 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
   return paths
 
 
-if __name__ == "__main__":
+def cli():
+  """python -m experiments.sinusoid --workdir DIR [--config.FIELD=VALUE ...]."""
   _lib.main(config_lib.get_config(), config_lib.resolve, build)
+
+
+if __name__ == "__main__":
+  cli()

@@ -51,7 +51,7 @@ from typing import NamedTuple, Optional
 from ml_collections import config_dict
 
 import mtpjax as mj
-from experiments.configs import common
+from experiments._lib import config as common
 
 P, PS, H, S = mj.PROMPT, mj.PROMPT_SHARED, mj.HEAD, mj.SHARED
 

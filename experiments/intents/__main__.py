@@ -1,0 +1,5 @@
+"""python -m experiments.intents: its command line (main.cli)."""
+
+from experiments.intents import main
+
+main.cli()

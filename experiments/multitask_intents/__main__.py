@@ -1,0 +1,5 @@
+"""python -m experiments.multitask_intents: its command line (main.cli)."""
+
+from experiments.multitask_intents import main
+
+main.cli()

@@ -1,0 +1,5 @@
+"""python -m experiments.sinusoid: its command line (main.cli)."""
+
+from experiments.sinusoid import main
+
+main.cli()
