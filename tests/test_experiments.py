@@ -14,6 +14,7 @@ import pytest
 
 import mtpjax as mj
 from experiments import _lib
+from experiments._lib import config as common
 from experiments.sinusoid import main as sinusoid
 from experiments.sinusoid import config as config_lib
 
@@ -23,9 +24,7 @@ TINY = dict(num_steps=40, meta_batch_size=4, eval_tasks=20, eval_inner_steps=(0,
 
 
 def tiny_config(**overrides):
-  c = config_lib.get_config()
-  c.update({**TINY, **overrides})
-  return config_lib.resolve(c)
+  return common.configured(config_lib, **{**TINY, **overrides})
 
 
 def run(workdir, **overrides):
@@ -79,34 +78,43 @@ def test_the_same_seed_gives_the_same_figures(tmp_path):
   assert [r["mean"] for r in a["rows"]] == [r["mean"] for r in b["rows"]]
 
 
-def test_several_steps_per_call_train_the_same_run(tmp_path):
+@pytest.mark.parametrize("steps_per_call", [5, 4])
+def test_several_steps_per_call_train_the_same_run(tmp_path, steps_per_call):
   # 23 steps, 5 per call: calls end at 5, 10 (log, checkpoint), ..., 20, then 3 to step 23.
+  # 4 per call divides neither log_every nor checkpoint_every (10): calls of 4, 4, 2, ...
   one = run(tmp_path / "one", num_steps=23, eval_tasks=10)
-  five = run(tmp_path / "five", num_steps=23, eval_tasks=10, steps_per_call=5)
+  five = run(tmp_path / "five", num_steps=23, eval_tasks=10, steps_per_call=steps_per_call)
   assert five["num_steps"] == 23
   rows = [[json.loads(l) for l in open(tmp_path / w / "metrics.jsonl")] for w in ("one", "five")]
   assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [10, 20, 23]
+  assert sorted(int(d) for d in os.listdir(tmp_path / "five" / "checkpoints")
+                if d.isdigit()) == [10, 20, 23]
   np.testing.assert_allclose([r["loss"] for r in rows[1]], [r["loss"] for r in rows[0]],
                              rtol=1e-4)
   np.testing.assert_allclose([r["mean"] for r in five["rows"]], [r["mean"] for r in one["rows"]],
                              rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("log_every,checkpoint_every,expected", [
-    (1000, 5000, 100),  # the defaults: the measured fastest value divides both
-    (10, 10, 10),       # frequent logs: one call per log
-    (250, 1000, 50),    # gcd(100, 250, 1000)
-    (30, 40, 10),       # gcd(100, 30, 40)
-])
-def test_unset_steps_per_call_is_the_fastest_value_that_divides_logs_and_checkpoints(
-    log_every, checkpoint_every, expected):
-  c = config_lib.get_config()
-  c.update(log_every=log_every, checkpoint_every=checkpoint_every)
-  config = config_lib.resolve(c)
-  assert config.steps_per_call == expected
-  _lib.check_config(config)  # the fitted value passes the loop's own divisibility check
-  c.steps_per_call = 7         # a value the user sets is kept (and checked, see below)
-  assert config_lib.resolve(c).steps_per_call == 7
+@pytest.mark.parametrize("algorithm", sorted(config_lib.ALGORITHM_DEFAULTS))
+def test_get_config_holds_every_protocol_default_in_one_pass(algorithm):
+  # No field waits for a later pass: the argument's algorithm chooses them (big_vision's habit).
+  c = config_lib.get_config(algorithm)
+  assert config_lib.get_config(f"algorithm={algorithm}").to_dict() == c.to_dict()
+  assert c.algorithm == algorithm and None not in c.to_dict().values()
+  for name, value in config_lib.ALGORITHM_DEFAULTS[algorithm].items():
+    assert c[name] == value, name
+  assert c.train_queries == c.shots == 10
+  c.shots = 5                   # a derived default follows the field it derives from ...
+  assert c.train_queries == 5 and c.to_dict()["train_queries"] == 5
+  c.train_queries = 7           # ... until it is set itself
+  assert (c.shots, c.train_queries) == (5, 7)
+
+
+def test_get_config_refuses_an_unknown_argument():
+  with pytest.raises(ValueError, match="config.algorithm must be one of"):
+    config_lib.get_config("mamll")
+  with pytest.raises(ValueError, match="unknown field 'ways'"):
+    config_lib.get_config("algorithm=maml,ways=5")
 
 
 def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
@@ -241,14 +249,13 @@ def test_nan_skip_policy_skips_bad_updates_and_reports_them(tmp_path):
     ("eval_inner_steps", (1, -2), "config.eval_inner_steps"),
     ("nan_policy", "ignore", "config.nan_policy"),
     ("steps_per_call", 0, "config.steps_per_call must be a positive int"),
-    ("steps_per_call", 3, r"config.steps_per_call \(3\) must divide config.log_every"),
 ])
 def test_config_errors_name_the_field(field, value, match):
   c = config_lib.get_config()
   c.update(TINY)
   c[field] = value
   with pytest.raises(ValueError, match=match):
-    _lib.check_config(config_lib.resolve(c))
+    _lib.check_config(c)
 
 
 def test_prompt_algorithms_need_a_prompt():

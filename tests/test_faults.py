@@ -232,7 +232,7 @@ def test_too_few_omniglot_characters_name_the_config_field(tmp_path):
   c = omniglot_config.get_config()
   c.data_path = str(tmp_path / "o.npz")
   with pytest.raises(ValueError, match=r"config.num_train_characters=1200 must be in \(0, 5\)"):
-    omniglot_exp.load_split(omniglot_config.resolve(c))
+    omniglot_exp.load_split(c)
 
 
 def test_the_quick_start_figures_are_bitwise_reproducible_at_a_reduced_step_count(tmp_path):
@@ -243,7 +243,6 @@ def test_the_quick_start_figures_are_bitwise_reproducible_at_a_reduced_step_coun
   def once(workdir):
     c = config_lib.get_config()
     c.update(num_steps=30, eval_tasks=20, log_every=10, checkpoint_every=30, progress=False)
-    c = config_lib.resolve(c)
     exp = sinusoid.build(c, _lib.make_optimizer(c))._replace(plot=None)
     return _lib.train_and_evaluate(c, str(workdir), exp)
 

@@ -44,7 +44,8 @@ def tiny_config(files, method, **overrides):
                 generator_hidden=8, supervised_steps=2, supervised_batch=8, meta_batch_size=2,
                 eval_batch_size=4, progress=False))
   c.update(overrides)
-  config = config_lib.resolve(c)
+  config = c
+  config_lib.check(config)
   if config.num_steps and method in config_lib.NO_META_TRAINING + ("average",):
     config.num_steps = 0
   if config.method in ("multitask", "finetune"):

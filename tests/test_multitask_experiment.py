@@ -22,7 +22,8 @@ def tiny(method, **overrides):
                 bottom=(8,), experts=2, expert=(4,), tower=(4,), num_steps=20, log_every=10,
                 checkpoint_every=20, steps_per_call=10, progress=False))
   c.update(overrides)
-  config = config_lib.resolve(c)
+  config = c
+  config_lib.check(config)
   _lib.check_config(config, config_lib.METHODS, meta=False)
   return config
 
@@ -88,7 +89,8 @@ def test_omniglot_alphabets_of_different_sizes_as_tasks_run_end_to_end(tmp_path)
     c.update(dict(data=str(tmp_path / "o.npz"), num_alphabets=2, filters=32, prompt_dim=2,
                   batch_size=4, num_steps=4, log_every=2, checkpoint_every=4, steps_per_call=2,
                   progress=False))
-    config = omni_config.resolve(c)
+    config = c
+    omni_config.check(config)
     _lib.check_config(config, omni_config.METHODS, meta=False)
     exp = multitask_omniglot.build(config, _lib.make_optimizer(config))
     results[m] = _lib.train_and_evaluate(config, str(tmp_path / f"{m}_s0"), exp)

@@ -35,7 +35,8 @@ def run(files, workdir, method, **overrides):
                 num_steps=4, log_every=2, checkpoint_every=4, steps_per_call=2,
                 transfer_per_intent=2, transfer_steps=2, distill_steps=2, progress=False))
   c.update(overrides)
-  config = config_lib.resolve(c)
+  config = c
+  config_lib.check(config)
   _lib.check_config(config, config_lib.METHODS, meta=False)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")

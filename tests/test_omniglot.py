@@ -10,7 +10,7 @@ import pytest
 
 import mtpjax as mj
 from mtpjax.tasks import omniglot
-from experiments._lib import env
+from experiments._lib import config as common, env
 
 REAL = os.path.join(env.data_dir(), omniglot.NPZ_NAME)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,11 +176,11 @@ def test_protonet_as_a_zero_step_meta_learner_differentiates_through_the_prototy
 def _experiment_config(tmp_path, **overrides):
   from experiments.omniglot import config as config_lib
   tiny_npz(tmp_path / "o.npz", n_bg=8, n_ev=4)
-  c = config_lib.get_config()
-  c.update(dict(data_path=str(tmp_path / "o.npz"), num_train_characters=8, num_steps=2,
-                meta_batch_size=2, eval_tasks=4, log_every=1, checkpoint_every=2, filters=8,
-                norm_groups=4, progress=False, **overrides))
-  return config_lib.resolve(c)
+  return common.configured(
+      config_lib, **dict(data_path=str(tmp_path / "o.npz"), num_train_characters=8,
+                         num_steps=2, meta_batch_size=2, eval_tasks=4, log_every=1,
+                         checkpoint_every=2, filters=8, norm_groups=4, progress=False,
+                         **overrides))
 
 
 def test_omniglot_script_runs_two_steps_end_to_end(tmp_path):
@@ -244,19 +244,16 @@ def test_omniglot_config_errors_name_the_field(tmp_path, field, value, match):
 
 def test_omniglot_config_rejects_an_unknown_algorithm():
   from experiments.omniglot import config as config_lib
-  c = config_lib.get_config()
-  c.algorithm = "matching_nets"
   with pytest.raises(ValueError, match="config.algorithm must be one of"):
-    config_lib.resolve(c)
+    config_lib.get_config("matching_nets")
 
 
 def test_omniglot_batch_norm_runs_ask_for_ynnpack_elementwise_fusion_and_others_do_not():
   from experiments.omniglot import config as config_lib
   resolved = {}
   for norm, flags in (("batch_transductive", None), ("group", None), ("batch_transductive", "")):
-    c = config_lib.get_config()
-    c.norm, c.xla_flags = norm, flags
-    resolved[(norm, flags)] = config_lib.resolve(c).xla_flags
+    fields = dict(norm=norm) if flags is None else dict(norm=norm, xla_flags=flags)
+    resolved[(norm, flags)] = common.configured(config_lib, **fields).xla_flags
   assert resolved == {("batch_transductive", None): config_lib.BATCH_NORM_XLA_FLAGS,
                       ("group", None): "", ("batch_transductive", ""): ""}
 

@@ -88,8 +88,11 @@ def _check_config_flags(argv, default_config) -> None:
         sys.exit(2)
 
 
-def usage(default_config: ml_collections.ConfigDict, choices=None) -> str:
-  """--help: the command, every config field with its default, and the methods."""
+def usage(default_config: ml_collections.ConfigDict, choices=None, arg_fields=()) -> str:
+  """--help: the command, every config field with its default, and the methods.
+
+  The defaults are those of the `arg_fields` values given on the command line (e.g.
+  `--config.algorithm=cavia --help` lists CAVIA's)."""
   # sys.argv[0] is experiments/<name>/__main__.py (or main.py): the module is the folder.
   module = "experiments." + os.path.basename(os.path.dirname(os.path.abspath(sys.argv[0])))
   lines = [f"usage: python -m {module} --workdir DIR [--config.FIELD=VALUE ...] "
@@ -97,7 +100,13 @@ def usage(default_config: ml_collections.ConfigDict, choices=None) -> str:
            "  --workdir DIR           config, metrics, checkpoints and results; a rerun with "
            "the same command resumes",
            "  --allow_config_change   resume a checkpoint whose config differs (shapes may "
-           "not change)", "", "config fields (default):"]
+           "not change)", ""]
+  if arg_fields:
+    chosen = ", ".join(f"{k}={default_config[k]!r}" for k in arg_fields)
+    lines.append(f"config fields (defaults for {chosen}; setting "
+                 f"{' or '.join('--config.' + k for k in arg_fields)} changes them):")
+  else:
+    lines.append("config fields (default):")
   for name, value in sorted(default_config.items()):
     lines.append(f"  --config.{name}={value!r}")
   if choices:
@@ -106,19 +115,42 @@ def usage(default_config: ml_collections.ConfigDict, choices=None) -> str:
   return "\n".join(lines)
 
 
-def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Callable,
-         algorithms=None, *, meta: bool = True) -> None:
-  """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...]."""
+def config_arg(argv, fields) -> str:
+  """get_config's argument from the command line: "algorithm=cavia,ways=20" for
+  --config.algorithm=cavia --config.ways 20 (the last of each wins, as with absl)."""
+  values = {}
+  for i, a in enumerate(argv):
+    for name in fields:
+      flag = f"--config.{name}"
+      if a.startswith(flag + "="):
+        values[name] = a[len(flag) + 1:]
+      elif a == flag and i + 1 < len(argv):
+        values[name] = argv[i + 1]
+  return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def main(config_lib, build: Callable, algorithms=None, *, meta: bool = True) -> None:
+  """Entry point: python -m experiments.<name> --workdir DIR [--config.FIELD=VALUE ...].
+
+  `config_lib`: the experiment's config module. Its ARG fields (an algorithm, the ways, ...)
+  go into get_config's argument, so every default the run sees is the protocol's for them;
+  the flags then override any field, and config_lib.check (if any) checks the result.
+  """
   from absl import app, flags
   from ml_collections import config_flags
 
+  try:
+    default_config = config_lib.get_config(config_arg(sys.argv[1:], config_lib.ARG))
+  except ValueError as e:  # an unknown algorithm or method, a non-integer ways
+    _fail(str(e), 2)
   if any(a in ("-h", "--help", "-help") for a in sys.argv[1:]):
     import mtpjax as mj
     print(usage(default_config, algorithms if algorithms is not None
-                else (mj.ALGORITHMS if meta else None)))
+                else (mj.ALGORITHMS if meta else None), tuple(config_lib.ARG)))
     sys.exit(0)
   _check_config_flags(sys.argv[1:], default_config)
   defaults = default_config.copy_and_resolve_references()  # the flags override the original
+  check = getattr(config_lib, "check", lambda config: None)
   flags.DEFINE_string("workdir", None, "directory for config, metrics, checkpoints, results",
                       required=True)
   flags.DEFINE_bool("allow_config_change", False,
@@ -137,9 +169,10 @@ def main(default_config: ml_collections.ConfigDict, resolve: Callable, build: Ca
       _fail(str(e), 2)
 
   def configured():
-    """The resolved, checked config."""
+    """The checked config."""
     guards.check_integer_fields(flags.FLAGS.config, defaults)
-    config = resolve(flags.FLAGS.config)
+    config = flags.FLAGS.config
+    check(config)
     guards.check_config(config, algorithms, meta=meta)
     workdir_lib.check_workdir(flags.FLAGS.workdir)
     # Before any costly setup (intents computes features for half a minute): a workdir

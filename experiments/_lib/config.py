@@ -1,22 +1,56 @@
 """Config fields every meta-learning experiment shares."""
 
-import math
-
 import ml_collections
-from ml_collections import config_dict
 
 
-def base_config() -> ml_collections.ConfigDict:
+def parse_arg(arg, **spec) -> ml_collections.ConfigDict:
+  """get_config's argument, big_vision's habit: the few fields that choose other fields'
+  defaults (an algorithm, the ways, a norm).
+
+  `spec` names them with their defaults, the first being the one a bare value sets:
+  parse_arg("cavia", algorithm="maml", ways=5) and parse_arg("algorithm=cavia") both give
+  algorithm="cavia", ways=5; None or "" gives the defaults. A value takes its default's type.
+  On the command line the experiment's CLI builds this string from --config.FIELD=VALUE of
+  these fields, so every default a run sees is get_config's.
+  """
+  out = dict(spec)
+  for i, item in enumerate(filter(None, (s.strip() for s in (arg or "").split(",")))):
+    key, value = item.split("=", 1) if "=" in item else (None, item)
+    if key is None:
+      if i:
+        raise ValueError(f"get_config({arg!r}): only the first item may omit its name")
+      key = next(iter(spec))
+    key = key.strip()
+    if key not in spec:
+      raise ValueError(f"get_config({arg!r}): unknown field {key!r}; its argument sets "
+                       f"{', '.join(spec)}")
+    kind = type(spec[key])
+    try:
+      out[key] = kind(value.strip())
+    except ValueError:
+      raise ValueError(f"config.{key} must be {kind.__name__}, got {value.strip()!r}") from None
+  return ml_collections.ConfigDict(out)
+
+
+def check_choice(field: str, value, choices) -> None:
+  """A clear error for a value outside `choices` (of config.`field`)."""
+  if value not in choices:
+    raise ValueError(f"config.{field} must be one of {list(choices)}, got {value!r}")
+
+
+def base_config(*, num_steps: int, meta_batch_size: int, inner_steps: int, inner_lr: float,
+                outer_lr: float, steps_per_call: int = 1,
+                algorithm: str = "maml") -> ml_collections.ConfigDict:
+  """The fields every meta-learning experiment shares, with the protocol's values for the
+  ones that depend on the algorithm (the caller's get_config knows them)."""
   c = ml_collections.ConfigDict()
-  c.algorithm = "maml"          # see mtpjax.ALGORITHMS
+  c.algorithm = algorithm       # see mtpjax.ALGORITHMS
   c.seed = 0
-  # None means "the protocol's value for this algorithm" (filled in by the experiment's
-  # resolve(); config.json records the resolved value).
-  c.num_steps = config_dict.placeholder(int)
-  c.meta_batch_size = config_dict.placeholder(int)
-  c.inner_steps = config_dict.placeholder(int)
-  c.inner_lr = config_dict.placeholder(float)
-  c.outer_lr = config_dict.placeholder(float)
+  c.num_steps = num_steps
+  c.meta_batch_size = meta_batch_size
+  c.inner_steps = inner_steps
+  c.inner_lr = inner_lr
+  c.outer_lr = outer_lr
   c.eval_tasks = 600
   c.eval_inner_steps = (0, 1, 10)
   c.log_every = 500
@@ -28,41 +62,18 @@ def base_config() -> ml_collections.ConfigDict:
   # diverging but still finite, e.g. 2e6 against 3); 0 turns the check off.
   c.divergence_factor = 1000.0
   c.progress = True
-  # Meta-steps per jitted call (learner.run: a lax.scan over steps). XLA then allocates its
-  # temporaries once per call; on the CPU with glibc's malloc that saves most page faults
-  # (Omniglot MAML, before Conv4 normalised after the pool: 1.33 -> 1.14 s per step at 4;
-  # `python -m benchmarks.omniglot_speed --steps_per_call 4`), and the Python loop runs once
-  # per call. A value set must divide log_every and checkpoint_every. None: the experiment's
-  # fastest measured value, reduced to fit them (fit_steps_per_call).
-  c.steps_per_call = config_dict.placeholder(int)
+  # At most this many meta-steps per jitted call (learner.run: a lax.scan over steps). XLA
+  # then allocates its temporaries once per call; on the CPU with glibc's malloc that saves
+  # most page faults (Omniglot MAML, before Conv4 normalised after the pool: 1.33 -> 1.14 s
+  # per step at 4; `python -m benchmarks.omniglot_speed --steps_per_call 4`), and the Python
+  # loop runs once per call. A call also ends at each log and checkpoint step, so any value
+  # works with any log_every; one that divides both compiles a single call length.
+  c.steps_per_call = steps_per_call
   # Flags appended to $XLA_FLAGS before JAX starts its backend (process-wide, so a config
   # field rather than a library argument; flags already in $XLA_FLAGS win). Changes speed and
   # float rounding, not the computation, so a resumed run may change it.
   c.xla_flags = ""
   return c
-
-
-def fit_steps_per_call(config: ml_collections.ConfigDict,
-                       fastest: int) -> ml_collections.ConfigDict:
-  """steps_per_call left at None becomes `fastest` (the experiment's measured best), reduced
-  to the largest value that divides log_every and checkpoint_every as well (their gcd), so
-  logs and checkpoints fall between calls whatever the user sets them to."""
-  if config.get("steps_per_call") is not None:
-    return config
-  config = ml_collections.ConfigDict(config.to_dict())
-  every = [config[k] for k in ("log_every", "checkpoint_every")
-           if isinstance(config.get(k), int) and config[k] > 0]
-  config.steps_per_call = math.gcd(fastest, *every)
-  return config
-
-
-def fill(config: ml_collections.ConfigDict, defaults: dict) -> ml_collections.ConfigDict:
-  """A copy of `config` with every None field taken from `defaults`."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for name, value in defaults.items():
-    if config.get(name) is None:
-      config[name] = value
-  return config
 
 
 # --- Multi-task experiments (no inner loop): experiments.multitask, multitask_omniglot,
@@ -76,13 +87,18 @@ def multitask_methods() -> tuple:
   return tuple(sorted(mj.mtl.METHODS)) + ("single_task",)
 
 
-def multitask_config(method: str) -> ml_collections.ConfigDict:
-  """base_config() without the meta-learning fields, plus the balancing method."""
-  c = base_config()
+def multitask_config(arg, *, num_steps: int, outer_lr: float,
+                     steps_per_call: int) -> ml_collections.ConfigDict:
+  """base_config() without the meta-learning fields, plus the balancing method, chosen by
+  get_config's argument ("famo" or "method=famo"; default "equal")."""
+  arg = parse_arg(arg, method="equal")
+  check_choice("method", arg.method, multitask_methods())
+  c = base_config(num_steps=num_steps, meta_batch_size=1, inner_steps=0, inner_lr=0.0,
+                  outer_lr=outer_lr, steps_per_call=steps_per_call)
   for name in META_FIELDS:  # no inner loop here
     del c[name]
   del c["algorithm"]            # no meta-learning algorithm: the method says what trains
-  c.method = method             # a balancing method (mtpjax.mtl.METHODS) or single_task
+  c.method = arg.method         # a balancing method (mtpjax.mtl.METHODS) or single_task
   c.hyperparameters = ""        # the balancing method's, "name=value,..."
   return c
 
@@ -111,10 +127,18 @@ def check_at_least(config: ml_collections.ConfigDict, names, minimum: int) -> No
       raise ValueError(f"config.{name} must be >= {minimum}, got {config[name]}")
 
 
-def resolve_multitask(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The method check every multi-task config shares; a resolved copy."""
-  methods = multitask_methods()
-  if config.method not in methods:
-    raise ValueError(f"config.method must be one of {list(methods)}, got {config.method!r}")
+def check_multitask(config: ml_collections.ConfigDict) -> None:
+  """The checks every multi-task config shares."""
+  check_choice("method", config.method, multitask_methods())
   parse_hyperparameters(config.hyperparameters)  # errors now, not after loading data
-  return ml_collections.ConfigDict(config.to_dict())
+
+
+def configured(config_lib, **fields) -> ml_collections.ConfigDict:
+  """config_lib.get_config with `fields` set, as the command line sets them: those named in
+  config_lib.ARG (an algorithm, the ways, ...) go into get_config's argument and choose the
+  protocol's defaults; the others then override."""
+  arg = ",".join(f"{k}={fields.pop(k)}" for k in list(fields) if k in config_lib.ARG)
+  c = config_lib.get_config(arg)
+  c.update(fields)
+  getattr(config_lib, "check", lambda config: None)(c)
+  return c

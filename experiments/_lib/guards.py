@@ -72,10 +72,6 @@ def check_config(config: ml_collections.ConfigDict, algorithms=None, *,
   k = config.get("steps_per_call", 1)
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ValueError(f"config.steps_per_call must be a positive int, got {k!r}")
-  for name in ("log_every", "checkpoint_every"):
-    if config[name] % k:
-      raise ValueError(f"config.steps_per_call ({k}) must divide config.{name} "
-                       f"({config[name]}): logs and checkpoints fall between calls")
   eval_steps = list(config.eval_inner_steps) if meta else [0]
   if not eval_steps or any((not isinstance(s, int)) or s < 0 for s in eval_steps):
     raise ValueError(f"config.eval_inner_steps must be a non-empty list of integers >= 0, "

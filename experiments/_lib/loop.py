@@ -233,8 +233,10 @@ class _Loop:
       with (open(metrics_path, "a") if primary else open(os.devnull, "w")) as mfile, \
            timing.compile_timer(self.compiled):
         while step < num_steps:
-          # Up to the next multiple of steps_per_call (or num_steps), in one call.
-          n = min(per_call - step % per_call, num_steps - step)
+          # Up to steps_per_call steps in one call, ending at the next log or checkpoint
+          # step (or num_steps).
+          n = min(per_call, _next_multiple(step, config.log_every) - step,
+                  _next_multiple(step, config.checkpoint_every) - step, num_steps - step)
           state, metrics = self.learner.run(state, n)
           step += n
           window.append(metrics)
@@ -242,11 +244,15 @@ class _Loop:
             jax.block_until_ready(metrics)
             t0, t_log, steps_at_t0, window_steps = (time.perf_counter(), time.perf_counter(),
                                                     step, 0)
+            # A later call of another length (one ending at a log step that steps_per_call
+            # does not divide) compiles too: its compile time is not step time.
+            compiled_t0 = compiled_log = self.compiled["seconds"]
           else:
             window_steps += n
           if step % config.log_every == 0 or step == num_steps:
             now = time.perf_counter()
-            speed = window_steps / max(now - t_log, 1e-9) if step > steps_at_t0 else None
+            busy = now - t_log - (self.compiled["seconds"] - compiled_log)
+            speed = window_steps / max(busy, 1e-9) if step > steps_at_t0 else None
             row = self.log_row(window, step, speed, state)
             mfile.write(json.dumps(row) + "\n")
             mfile.flush()
@@ -255,11 +261,14 @@ class _Loop:
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             bar.update(step - bar.n)
             window, t_log, window_steps = [], now, 0
+            compiled_log = self.compiled["seconds"]
           if step % config.checkpoint_every == 0 or step == num_steps:
             jax.block_until_ready(state)
             self.timing["timed_steps"] += step - steps_at_t0
-            self.timing["timed_seconds"] += time.perf_counter() - t0
+            self.timing["timed_seconds"] += (time.perf_counter() - t0
+                                             - (self.compiled["seconds"] - compiled_t0))
             t0, steps_at_t0 = time.perf_counter(), step
+            compiled_t0 = self.compiled["seconds"]
             self.save(state)
     except KeyboardInterrupt:
       bar.close()
@@ -292,6 +301,11 @@ class _Loop:
     if self.config.nan_policy == "skip":
       row["skipped_updates"] = _skipped_updates(state.opt_state)
     return row
+
+
+def _next_multiple(step: int, every: int) -> int:
+  """The first multiple of `every` after `step`."""
+  return (step // every + 1) * every
 
 
 def _train_and_evaluate(config, workdir, experiment, *, allow_config_change):

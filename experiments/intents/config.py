@@ -159,10 +159,23 @@ CLINC_DOMAINS = ("auto_and_commute", "banking", "credit_cards", "home", "kitchen
                  "meta", "small_talk", "travel", "utility", "work")
 
 
+ARG = dict(method="frozen_prototypes")  # get_config's argument: "maml" or "method=maml"
+
+# The protocol's values for the fields a method may change (its Method.defaults).
+PROTOCOL = dict(num_steps=500, meta_batch_size=4, inner_steps=3, inner_lr=0.1, outer_lr=1e-3,
+                eval_inner_steps=(0, 5), eval_batch_size=None)
+
+
 def get_config(arg=None):
-  c = common.base_config()
-  c.method = arg or "frozen_prototypes"
-  c.algorithm = config_dict.placeholder(str)  # set from method (results.json's "algorithm")
+  arg = common.parse_arg(arg, **ARG)
+  common.check_choice("method", arg.method, METHODS)
+  protocol = PROTOCOL
+  c = common.base_config(algorithm=arg.method, num_steps=protocol["num_steps"],
+                         meta_batch_size=protocol["meta_batch_size"],
+                         inner_steps=protocol["inner_steps"], inner_lr=protocol["inner_lr"],
+                         outer_lr=protocol["outer_lr"])
+  c.method = arg.method
+  # c.algorithm is the method's name (results.json's "algorithm"); set --config.method.
   # Files; None: $MTPJAX_DATA_DIR/..., else ../shared/data beside the checkout.
   c.data = config_dict.placeholder(str)       # clinc150.jsonl
   c.encoder = config_dict.placeholder(str)    # all-MiniLM-L6-v2/
@@ -178,7 +191,8 @@ def get_config(arg=None):
   c.eval_settings = ("5x1", "5x2", "5x5", "5x10", "15x1")  # WAYSxSHOTS
   c.val_tasks = 200             # validation episodes per setting (model selection)
   c.eval_seed = 2021            # test and validation episodes depend only on this
-  c.eval_batch_size = config_dict.placeholder(int)  # episodes per vmapped chunk; None: sized
+  # Episodes per vmapped evaluation chunk; None: sized to eval_chunk_utterances.
+  c.eval_batch_size = config_dict.placeholder(int, protocol["eval_batch_size"])
   c.eval_chunk_utterances = 1000  # ... to this many utterances (memory; 5-way 1-shot: 33 episodes)
   c.prompt = "tokens"           # tokens | prefix (keys and values in every layer from entry_layer)
   c.prompt_length = 8
@@ -190,19 +204,18 @@ def get_config(arg=None):
   c.supervised_steps = 50       # average: supervised steps per meta-training domain
   c.supervised_batch = 32       # average / multitask / finetune: utterances per step
   c.logreg_c = 1.0              # frozen_logreg: inverse regularisation strength
-  c.eval_inner_steps = config_dict.placeholder(tuple)  # None: per method (selected on validation)
+  c.eval_inner_steps = protocol["eval_inner_steps"]  # per method (selected on validation)
   c.log_every = 25
   c.checkpoint_every = 100
+  c.lock()  # a Method.defaults key that is no field is an error, not a silent new field
+  c.update(METHODS[arg.method].defaults)  # the method's own values
+  c.unlock()
   return c
 
 
-def resolve(config):
-  if config.method not in METHODS:
-    raise ValueError(f"config.method must be one of {list(METHODS)}, got {config.method!r}")
-  if config.algorithm not in (None, config.method):
+def check(config) -> None:
+  """Clear errors for this experiment's own fields, before any data is read."""
+  common.check_choice("method", config.method, METHODS)
+  if config.algorithm != config.method:
     raise ValueError(f"config.algorithm is set from config.method; set --config.method "
                      f"instead (got algorithm={config.algorithm!r}, method={config.method!r})")
-  defaults = dict(algorithm=config.method, num_steps=500, meta_batch_size=4, inner_steps=3,
-                  inner_lr=0.1, outer_lr=1e-3, eval_inner_steps=(0, 5))
-  defaults.update(METHODS[config.method].defaults)
-  return common.fit_steps_per_call(common.fill(config, defaults), 1)  # not measured here

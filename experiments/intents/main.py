@@ -563,7 +563,7 @@ def make_plots(workdir, config, history, extras):
 
 def cli():
   """python -m experiments.intents --workdir DIR [--config.FIELD=VALUE ...]."""
-  _lib.main(config_lib.get_config(), config_lib.resolve, build, config_lib.METHODS)
+  _lib.main(config_lib, build, config_lib.METHODS)
 
 
 if __name__ == "__main__":

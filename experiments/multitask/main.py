@@ -100,7 +100,7 @@ def make_plots(workdir, config, history):
 
 def cli():
   """python -m experiments.multitask --workdir DIR [--config.FIELD=VALUE ...]."""
-  _lib.main(config_lib.get_config(), config_lib.resolve, build,
+  _lib.main(config_lib, build,
               algorithms=config_lib.METHODS, meta=False)
 
 

@@ -36,8 +36,11 @@ CLINC_DOMAINS = ("auto_and_commute", "banking", "credit_cards", "home", "kitchen
                  "meta", "small_talk", "travel", "utility", "work")
 
 
-def get_config(method: str = "equal") -> ml_collections.ConfigDict:
-  c = common.multitask_config(method)
+ARG = dict(method="equal")  # the fields get_config's argument sets ("famo" or "method=famo")
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  c = common.multitask_config(arg, num_steps=300, outer_lr=1e-2, steps_per_call=50)
   c.data = ""                       # "" = ../shared/data/clinc150.jsonl
   c.encoder = ""                    # "" = ../shared/data/all-MiniLM-L6-v2
   c.heldout_domains = ("banking", "credit_cards")
@@ -46,8 +49,6 @@ def get_config(method: str = "equal") -> ml_collections.ConfigDict:
   c.entry_layer = 5                 # the prompt enters the last of the 6 layers
   c.prompt_length = 4
   c.batch_size = 8                  # utterances per domain per step
-  c.num_steps = 300
-  c.outer_lr = 1e-2
   c.eval_batch_size = 256
   c.transfer_per_intent = 5
   c.transfer_steps = 100
@@ -56,16 +57,15 @@ def get_config(method: str = "equal") -> ml_collections.ConfigDict:
   c.alpha = 0.5
   c.log_every = 50
   c.checkpoint_every = 300
-  c.steps_per_call = 50
   return c
 
 
-def resolve(config):
-  config = common.resolve_multitask(config)
+def check(config) -> None:
+  """Clear errors for this experiment's fields, before any data is read."""
+  common.check_multitask(config)
   common.check_at_least(config, ("train_per_intent", "max_len", "prompt_length", "batch_size",
                                  "transfer_per_intent", "eval_batch_size"), 1)
   common.check_at_least(config, ("transfer_steps", "distill_steps"), 0)  # 0 skips a stage
   if not config.temperature > 0 or not 0 <= config.alpha <= 1:
     raise ValueError(f"config.temperature must be > 0 and config.alpha in [0, 1], got "
                      f"{config.temperature}, {config.alpha}")
-  return config

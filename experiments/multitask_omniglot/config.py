@@ -23,25 +23,25 @@ METHODS = common.multitask_methods()
 SPLIT = {"train": (0, 12), "val": (12, 16), "test": (16, 20)}  # drawing indices per character
 
 
-def get_config(method: str = "equal") -> ml_collections.ConfigDict:
-  c = common.multitask_config(method)
+ARG = dict(method="equal")  # the fields get_config's argument sets ("famo" or "method=famo")
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  c = common.multitask_config(arg, num_steps=1500, outer_lr=1e-3, steps_per_call=50)
   c.data = ""                       # "" = ../shared/data/omniglot28.npz
   c.num_alphabets = 10
   c.alphabets = ()                  # names; overrides num_alphabets when given
   c.filters = 32
   c.prompt_dim = 8
   c.batch_size = 16
-  c.num_steps = 1500
-  c.outer_lr = 1e-3
   c.log_every = 100
   c.checkpoint_every = 500
-  c.steps_per_call = 50
   return c
 
 
-def resolve(config):
-  config = common.resolve_multitask(config)
+def check(config) -> None:
+  """Clear errors for this experiment's fields, before any data is read."""
+  common.check_multitask(config)
   common.check_at_least(config, ("num_alphabets", "filters", "batch_size"), 1)
   if config.prompt_dim < 0:
     raise ValueError(f"config.prompt_dim must be >= 0, got {config.prompt_dim}")
-  return config

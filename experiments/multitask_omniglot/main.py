@@ -117,7 +117,7 @@ def build(config, optimizer) -> _lib.Experiment:
 
 def cli():
   """python -m experiments.multitask_omniglot --workdir DIR [--config.FIELD=VALUE ...]."""
-  _lib.main(config_lib.get_config(), config_lib.resolve, build,
+  _lib.main(config_lib, build,
               algorithms=config_lib.METHODS, meta=False)
 
 

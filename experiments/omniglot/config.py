@@ -4,7 +4,7 @@
   .venv/bin/python -m experiments.omniglot --workdir runs/omniglot_proto --config.algorithm=protonet
   .venv/bin/python -m experiments.omniglot --workdir runs/omniglot_20way --config.ways=20
 
-Protocol defaults (filled into any field left at None):
+Protocol defaults (config.algorithm, ways and norm choose the others: get_config's argument):
   MAML split: 1200 meta-training characters and 423 test characters (shuffled by
   config.split_seed), each rotated by 0/90/180/270 degrees into 4 classes; 28x28 images.
   Conv4 (64 filters, GroupNorm with 32 groups: statistics per example, nothing leaks across
@@ -27,8 +27,8 @@ from experiments._lib import config as common
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "cavia", "prompt_maml", "reptile", "protonet")
 
 WAYS_DEFAULTS = {  # cbfinn/maml's Omniglot settings
-    5: dict(meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_inner_steps=3),
-    20: dict(meta_batch_size=16, inner_lr=0.1, inner_steps=5, test_inner_steps=5),
+    5: dict(meta_batch_size=32, inner_lr=0.4, inner_steps=1, eval_inner_steps=(0, 1, 3)),
+    20: dict(meta_batch_size=16, inner_lr=0.1, inner_steps=5, eval_inner_steps=(0, 1, 5)),
 }
 ALGORITHM_DEFAULTS = {
     # The context prompt restarts from zero for every task; a larger step suits it, and 2
@@ -38,7 +38,7 @@ ALGORITHM_DEFAULTS = {
     "cavia": dict(inner_lr=3.0, context_dim=100, inner_steps=2),
     "prompt_maml": dict(inner_lr=1.0, context_dim=100),
     "reptile": dict(inner_steps=5, inner_lr=0.1),
-    "protonet": dict(inner_steps=0, test_inner_steps=0),
+    "protonet": dict(inner_steps=0, eval_inner_steps=(0,)),
 }
 
 
@@ -55,28 +55,35 @@ def default_xla_flags(norm: str) -> str:
   return BATCH_NORM_XLA_FLAGS if norm == "batch_transductive" else ""
 
 
-FASTEST_STEPS_PER_CALL = 4
+# The fields get_config's argument sets ("cavia", or "algorithm=cavia,ways=20,norm=layer"):
+# the defaults of others depend on them.
+ARG = dict(algorithm="maml", ways=5, norm="group")
 
 
 def get_config(arg=None):
-  c = common.base_config()
-  c.ways = 5
+  arg = common.parse_arg(arg, **ARG)
+  common.check_choice("algorithm", arg.algorithm, ALGORITHMS)
+  # Other ways are allowed, with the 5-way defaults.
+  protocol = dict(WAYS_DEFAULTS.get(arg.ways, WAYS_DEFAULTS[5]), context_dim=0)
+  protocol.update(ALGORITHM_DEFAULTS.get(arg.algorithm, {}))
+  # 4 meta-steps per jitted call: 0.95x -> 1.04x learn2learn's step for the script;
+  # benchmarks/omniglot_speed.py --steps_per_call 4 for the step alone.
+  c = common.base_config(algorithm=arg.algorithm, num_steps=60_000,
+                         meta_batch_size=protocol["meta_batch_size"],
+                         inner_steps=protocol["inner_steps"], inner_lr=protocol["inner_lr"],
+                         outer_lr=1e-3, steps_per_call=4)
+  c.ways = arg.ways
   c.shots = 1                    # K: support images per class in training episodes
-  c.train_queries = config_dict.placeholder(int)  # query images per class in training; None: K
+  c.train_queries = c.get_ref("shots") * 1  # query images per class in training: K
   c.eval_queries = 15            # query images per class in test episodes
-  # WAYSxSHOTS of the test episodes (600 each); None: ("{ways}x1", "{ways}x5").
-  c.eval_settings = config_dict.placeholder(tuple)
-  c.eval_inner_steps = config_dict.placeholder(tuple)  # None: (0, 1, test_inner_steps)
-  c.test_inner_steps = config_dict.placeholder(int)
-  c.num_steps = 60_000
-  c.outer_lr = 1e-3
+  c.eval_settings = (f"{arg.ways}x1", f"{arg.ways}x5")  # WAYSxSHOTS of the test episodes
+  c.eval_inner_steps = protocol["eval_inner_steps"]
   c.filters = 64
-  c.norm = "group"               # group | layer | none | batch_transductive
+  c.norm = arg.norm              # group | layer | none | batch_transductive
   c.norm_groups = 32             # GroupNorm groups (filters must divide by it)
   c.conv_impl = "auto"           # see mtpjax conv3x3: im2col on CPUs and GPUs, XLA's conv on TPUs
-  # None: BATCH_NORM_XLA_FLAGS with norm="batch_transductive", else none ("" for none).
-  c.xla_flags = config_dict.placeholder(str)
-  c.context_dim = config_dict.placeholder(int)    # FiLM context (prompt) size; None: per algorithm
+  c.xla_flags = default_xla_flags(arg.norm)  # "" for none
+  c.context_dim = protocol["context_dim"]  # FiLM context (prompt) size: per algorithm
   c.context_layer = 3            # FiLM after this conv layer (3 = the last; at 0 it stayed at chance)
   # The "zeroing trick" (Kao et al. 2022): the head starts every task at zero and is not
   # meta-learned (Algorithm.reset); without it first-order MAML's head drifts on this protocol.
@@ -87,26 +94,4 @@ def get_config(arg=None):
   c.log_every = 100
   c.checkpoint_every = 2_000
   c.eval_batch_size = 50         # test episodes per vmapped evaluation chunk
-  if arg:
-    c.algorithm = arg
   return c
-
-
-def resolve(config):
-  if config.algorithm not in ALGORITHMS:
-    raise ValueError(f"config.algorithm must be one of {list(ALGORITHMS)}, got {config.algorithm!r}")
-  if config.ways not in WAYS_DEFAULTS:  # other ways are allowed, with the 5-way defaults
-    defaults = dict(WAYS_DEFAULTS[5])
-  else:
-    defaults = dict(WAYS_DEFAULTS[config.ways])
-  defaults.update(train_queries=config.shots, context_dim=0,
-                  xla_flags=default_xla_flags(config.norm),
-                  eval_settings=(f"{config.ways}x1", f"{config.ways}x5"))
-  defaults.update(ALGORITHM_DEFAULTS.get(config.algorithm, {}))
-  config = common.fill(config, defaults)
-  if config.eval_inner_steps is None:
-    config.eval_inner_steps = tuple(sorted({0, 1, config.test_inner_steps}
-                                           if config.test_inner_steps else {0}))
-  # 4 meta-steps per jitted call: 0.95x -> 1.04x learn2learn's step for the script (issue
-  # 23's measurement); benchmarks/omniglot_speed.py --steps_per_call 4 for the step alone.
-  return common.fit_steps_per_call(config, FASTEST_STEPS_PER_CALL)

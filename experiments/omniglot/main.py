@@ -181,7 +181,7 @@ def make_plots(workdir, config, model, learner, test_family, shown, params, hist
 
 def cli():
   """python -m experiments.omniglot --workdir DIR [--config.FIELD=VALUE ...]."""
-  _lib.main(config_lib.get_config(), config_lib.resolve, build, config_lib.ALGORITHMS)
+  _lib.main(config_lib, build, config_lib.ALGORITHMS)
 
 
 if __name__ == "__main__":

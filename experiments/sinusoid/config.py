@@ -3,7 +3,7 @@
   .venv/bin/python -m experiments.sinusoid --workdir runs/sinusoid_maml
   .venv/bin/python -m experiments.sinusoid --workdir runs/sinusoid_cavia --config.algorithm=cavia
 
-Defaults (per algorithm, filled into any field left at None):
+Defaults (per algorithm, get_config's argument; --config.algorithm on the command line):
   MLP 1-40-40-1 ReLU, meta-batch 25, Adam 1e-3, K support and K query points per training
   task, 1 inner SGD step at lr 0.01, 70,000 meta-steps; evaluation on 600 fresh tasks with
   100 query points, MSE after 0, 1 and 10 inner steps.
@@ -28,32 +28,26 @@ ALGORITHM_DEFAULTS = {
 }
 
 
-FASTEST_STEPS_PER_CALL = 100
+ARG = dict(algorithm="maml")  # the fields get_config's argument sets ("cavia" or "algorithm=cavia")
 
 
 def get_config(arg=None):
-  c = common.base_config()
-  if arg:
-    c.algorithm = arg
+  arg = common.parse_arg(arg, **ARG)
+  common.check_choice("algorithm", arg.algorithm, ALGORITHM_DEFAULTS)
+  protocol = ALGORITHM_DEFAULTS[arg.algorithm]
+  # 100 meta-steps per jitted call: the script with its defaults then trains at the speed of
+  # a minimal hand-written jitted step (docs: performance; benchmarks/sinusoid_speed.py).
+  c = common.base_config(algorithm=arg.algorithm, num_steps=protocol["num_steps"],
+                         meta_batch_size=25, inner_steps=protocol["inner_steps"],
+                         inner_lr=protocol["inner_lr"], outer_lr=1e-3, steps_per_call=100)
   c.shots = 10                  # K support points per task (5, 10 or 20 in the papers)
-  c.train_queries = None        # query points per training task; None: K (the protocol)
+  c.train_queries = c.get_ref("shots") * 1  # query points per training task: K (the protocol)
   c.eval_queries = 100
   c.hidden = (40, 40)
   # "maml": truncated normal std 0.01, as cbfinn/maml. With "lecun" (Flax default) MAML reaches a
-  # sharper init: 7 of 600 test tasks diverge at 10 inner steps (README, "Sinusoid").
+  # sharper init: 7 of 600 test tasks diverge at 10 inner steps (docs/results/sinusoid.md).
   c.kernel_init = "maml"
-  c.context_dim = None          # prompt (context) size; None: per algorithm (5 for CAVIA)
+  c.context_dim = protocol["context_dim"]  # prompt (context) size: 5 for CAVIA, else none
   c.context_mode = "concat"     # concat | add | film
   c.plot_tasks = 4
   return c
-
-
-def resolve(config):
-  if config.algorithm not in ALGORITHM_DEFAULTS:
-    raise ValueError(f"config.algorithm must be one of {sorted(ALGORITHM_DEFAULTS)}, "
-                     f"got {config.algorithm!r}")
-  defaults = dict(meta_batch_size=25, outer_lr=1e-3, train_queries=config.shots)
-  defaults.update(ALGORITHM_DEFAULTS[config.algorithm])
-  # 100 meta-steps per jitted call: the script with its defaults then trains at the speed of
-  # a minimal hand-written jitted step (README, "Speed"; benchmarks/sinusoid_speed.py).
-  return common.fit_steps_per_call(common.fill(config, defaults), FASTEST_STEPS_PER_CALL)

@@ -101,7 +101,7 @@ def make_plots(workdir, config, model, learner, test, params, history, res, eval
 
 def cli():
   """python -m experiments.sinusoid --workdir DIR [--config.FIELD=VALUE ...]."""
-  _lib.main(config_lib.get_config(), config_lib.resolve, build)
+  _lib.main(config_lib, build)
 
 
 if __name__ == "__main__":
