@@ -62,6 +62,10 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   hidden_act: str = "gelu"
   pad_token_id: int = 0
+  # RoBERTa numbers positions from padding_idx + 1 (its position table has that many unused
+  # rows first); BERT from 0.
+  position_offset: int = 0
+  model_type: str = "bert"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -85,7 +89,14 @@ class BertConfig:
     kw = {k: v for k, v in d.items() if k in fields}
     if kw.get("pad_token_id") is None:
       kw.pop("pad_token_id", None)
+    if d.get("model_type") == "roberta":
+      kw["position_offset"] = kw.get("pad_token_id", 1) + 1
     return cls(**kw)
+
+  @property
+  def max_len(self) -> int:
+    """The longest sequence the position table holds."""
+    return self.max_position_embeddings - self.position_offset
 
   def param_shapes(self) -> dict:
     """The shape of every parameter, in the layout of this module's pytree."""
@@ -195,22 +206,33 @@ def word_embeddings(table: types.Array, ids: types.Array) -> types.Array:
 
 
 def embed(config: BertConfig, params, ids: types.Array,
-          prompt: Optional[types.Array] = None) -> types.Array:
+          prompt: Optional[types.Array] = None,
+          token_types: Optional[types.Array] = None) -> types.Array:
   """The embedding output LN(word + position + token type) [n, T (+ P), d].
 
   prompt: [n, P, d] input embeddings inserted after [CLS] (positions 1..P).
+  token_types: [n, T] segment ids (a sentence pair's second text is 1); None: all 0.
+  Positions run 0, 1, ... (RoBERTa: from padding_idx + 1) over the whole row: padding is
+  on the right, so a real token's position is its index.
   """
   e = params["embeddings"]
   n, t = ids.shape
   x = word_embeddings(e["word"], ids)                                      # [n, T, d]
+  if token_types is None:
+    typed = _lead(e["token_type"][0], x)
+  else:
+    typed = jnp.take(e["token_type"], token_types, axis=0)
   if prompt is not None and prompt.shape[-2] > 0:
     x = _after_cls(x, prompt)
+    if token_types is not None:
+      typed = _after_cls(typed, jnp.broadcast_to(e["token_type"][0], prompt.shape))
   s = x.shape[1]
-  if s > config.max_position_embeddings:
-    raise ValueError(f"BERT: {s} positions (text {t} + prompt {s - t}) exceed the checkpoint's "
-                     f"position table of {config.max_position_embeddings}; shorten max_len or "
-                     f"the prompt")
-  x = x + e["position"][None, :s] + _lead(e["token_type"][0], x)
+  if s > config.max_len:
+    raise ValueError(f"{config.model_type}: {s} positions (text {t} + prompt {s - t}) exceed "
+                     f"the checkpoint's position table of {config.max_len}; shorten max_len "
+                     f"or the prompt")
+  start = config.position_offset
+  x = x + e["position"][None, start:start + s] + typed
   return layer_norm(x, e["ln_scale"], e["ln_bias"], config.layer_norm_eps)
 
 
@@ -237,7 +259,8 @@ def _check_context(config, context, entry_layer, n):
   return tokens, prefix
 
 
-def hidden_states(config: BertConfig, params, x, context=None, *, entry_layer: int = 0):
+def hidden_states(config: BertConfig, params, x, context=None, *, entry_layer: int = 0,
+                  token_types=None):
   """The last layer's hidden states at the text positions [n, T, d], and the mask [n, T].
 
   x: token ids [n, T], or the cache {"ids": [n, T], "lower": [n, T, d]} from `lower` (only
@@ -251,13 +274,13 @@ def hidden_states(config: BertConfig, params, x, context=None, *, entry_layer: i
   if entry_layer == 0:
     if isinstance(x, dict):
       raise ValueError("BERT: a cache of lower layers only exists for entry_layer > 0")
-    h = embed(config, params, ids, tokens)
+    h = embed(config, params, ids, tokens, token_types)
   else:
     h = x["lower"] if isinstance(x, dict) else lower(config, params, ids, entry_layer)
     if p > 0:
-      if p + t > config.max_position_embeddings:
+      if p + t > config.max_len:
         raise ValueError(f"BERT: text {t} + prompt {p} positions exceed the checkpoint's "
-                         f"position table of {config.max_position_embeddings}")
+                         f"position table of {config.max_len}")
       h = _after_cls(h, tokens)
   key_mask = mask if p == 0 else _after_cls(mask, jnp.ones((n, p), bool))
   h = _layers(config, _slice_layers(params["layers"], entry_layer), h, key_mask, prefix)
@@ -302,3 +325,15 @@ def check_params(config: BertConfig, params: Any, what: str = "BERT parameters")
   walk(expected, params, "")
   if problems:
     raise ValueError(f"{what} do not fit the config: " + "; ".join(problems))
+
+
+# --- The masked-LM head -----------------------------------------------------------------------
+
+def mlm_logits(config: BertConfig, head, h: types.Array, word: types.Array) -> types.Array:
+  """BertForMaskedLM's / RobertaForMaskedLM's head: dense, activation, LayerNorm, then the
+  word embeddings (tied) plus a bias. head: {"dense": {"kernel", "bias"}, "ln": {"scale",
+  "bias"}, "bias": [V]}; h [..., d] -> logits [..., V] float32."""
+  x = ACTIVATIONS[config.hidden_act](_dense(head["dense"], h))
+  x = layer_norm(x, head["ln"]["scale"], head["ln"]["bias"], config.layer_norm_eps)
+  y = x @ word.T
+  return (y + _lead(head["bias"], y)).astype(jnp.promote_types(y.dtype, jnp.float32))

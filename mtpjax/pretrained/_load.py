@@ -19,9 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtpjax.pretrained import _bert as bert
+from mtpjax.pretrained import _gguf as gguf_file
+from mtpjax.pretrained import _gpt2 as gpt2
+from mtpjax.pretrained import _language_model as language_model
+from mtpjax.pretrained import _llama as llama
 from mtpjax.nn import _compose as nets
 
-SUPPORTED_MODEL_TYPES = ("bert",)
+DECODER_FAMILIES = {**{t: llama for t in llama.MODEL_TYPES}, **{t: gpt2 for t in gpt2.MODEL_TYPES}}
+ENCODER_MODEL_TYPES = ("bert", "roberta")
+SUPPORTED_MODEL_TYPES = ENCODER_MODEL_TYPES + tuple(DECODER_FAMILIES)
 # encode's default batch size; each batch is padded to the bucket of its longest text (see
 # _bucket): a few compiled shapes, and most batches far shorter than max_len.
 ENCODE_BATCH = 64
@@ -53,11 +59,13 @@ class Tokenizer:
   def token_to_id(self, token: str) -> Optional[int]:
     return self._tok.token_to_id(token)
 
-  def __call__(self, texts: Sequence[str], max_len: int):
+  def __call__(self, texts: Sequence[str], max_len: int, *, token_types: bool = False):
     if isinstance(texts, str):
       raise TypeError("tokenizer: pass a list of texts, not a single string")
-    texts = list(texts)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    texts = [tuple(t) if isinstance(t, list) else t for t in texts]
+    is_text = lambda t: isinstance(t, str) or (
+        isinstance(t, tuple) and len(t) == 2 and all(isinstance(u, str) for u in t))
+    bad = [i for i, t in enumerate(texts) if not is_text(t)]
     if bad:
       raise TypeError(f"tokenizer: texts must be strings; item {bad[0]} is "
                       f"{type(texts[bad[0]]).__name__}")
@@ -70,6 +78,9 @@ class Tokenizer:
     enc = tok.encode_batch(texts)
     ids = np.array([e.ids for e in enc], np.int32).reshape(len(texts), max_len)
     mask = np.array([e.attention_mask for e in enc], bool).reshape(len(texts), max_len)
+    if token_types:
+      types = np.array([e.type_ids for e in enc], np.int32).reshape(len(texts), max_len)
+      return ids, mask, types
     return ids, mask
 
 
@@ -84,6 +95,8 @@ class Pretrained(NamedTuple):
   normalize: bool              # L2 normalisation (a 2_Normalize module)
   max_len: int                 # the directory's max_seq_length, capped by the position table
   path: str
+  # The masked-LM head (BertForMaskedLM, RobertaForMaskedLM checkpoints), else None.
+  mlm: Any = None
 
   def net(self, *, entry_layer: int = 0, pooling: Optional[str] = None,
           normalize: Optional[bool] = None) -> nets.Net:
@@ -92,11 +105,40 @@ class Pretrained(NamedTuple):
                    pooling=self.pooling if pooling is None else pooling,
                    normalize=self.normalize if normalize is None else normalize)
 
-  def tokenize(self, texts: Sequence[str], max_len: Optional[int] = None):
-    """(ids, mask) numpy arrays [n, max_len] (default: the directory's max_seq_length)."""
+  def tokenize(self, texts: Sequence[str], max_len: Optional[int] = None, *,
+               token_types: bool = False):
+    """(ids, mask) numpy arrays [n, max_len] (default: the directory's max_seq_length); a
+    text may be a pair (a, b). With token_types also the segment ids [n, max_len]."""
     max_len = self.max_len if max_len is None else max_len
     _check_max_len(self.config, max_len)
-    return self.tokenizer(texts, max_len)
+    return self.tokenizer(texts, max_len, token_types=token_types)
+
+  @property
+  def mask_id(self) -> Optional[int]:
+    """The id of the mask token ([MASK] or <mask>), if the tokenizer has one."""
+    for t in ("[MASK]", "<mask>"):
+      if self.tokenizer.token_to_id(t) is not None:
+        return self.tokenizer.token_to_id(t)
+    return None
+
+  def logits(self, ids, mask=None, *, token_types=None, prompt=None):
+    """The masked-LM head's logits [n, T, V] float32 (numpy) at every position.
+
+    mask, if given, must mark exactly the non-padding ids (BERT reads padding from the ids).
+    prompt: {"tokens": [P, d]} inserted after [CLS] (their positions are dropped from the
+    output) and/or {"prefix": [L, 2, P, d]}.
+    """
+    if self.mlm is None:
+      raise ValueError(f"logits: {self.path} has no masked-LM head (a sentence encoder); load "
+                       f"a *ForMaskedLM checkpoint")
+    ids = np.asarray(ids)
+    if mask is not None and not (np.asarray(mask, bool) == (ids != self.tokenizer.pad_id)).all():
+      raise ValueError("logits: the mask must be ids != pad id (right padding)")
+    bert.word_embeddings(np.zeros((self.config.vocab_size, 1), np.float32), ids)  # id check
+    types = None if token_types is None else jnp.asarray(token_types, jnp.int32)
+    fn = _jitted_mlm(self.config)
+    return np.asarray(fn(self.params, self.mlm, jnp.asarray(ids, jnp.int32), types,
+                         prompt or {}))
 
 
 def encoder(config: bert.BertConfig, *, weights: Any = None, entry_layer: int = 0,
@@ -190,10 +232,10 @@ def _read_json(path, what):
 
 
 def _check_max_len(config: bert.BertConfig, max_len: int) -> None:
-  if max_len > config.max_position_embeddings:
+  if max_len > config.max_len:
     raise ValueError(f"max_len {max_len} exceeds the checkpoint's position table of "
-                     f"{config.max_position_embeddings} positions; use max_len <= "
-                     f"{config.max_position_embeddings}")
+                     f"{config.max_len} positions; use max_len <= "
+                     f"{config.max_len}")
 
 
 def _read_weights(path: str) -> dict:
@@ -232,10 +274,11 @@ def _read_weights(path: str) -> dict:
 def _hf_to_tree(config: bert.BertConfig, weights: dict) -> dict:
   """Maps BertModel tensor names to this module's pytree, checking every name and shape."""
   # Checkpoints of task models (BertForSequenceClassification, ...) prefix the encoder with
-  # "bert."; the heads' tensors are not part of the encoder and are ignored.
-  if not any(k.startswith("embeddings.") for k in weights) and any(
-      k.startswith("bert.") for k in weights):
-    weights = {k[len("bert."):]: v for k, v in weights.items() if k.startswith("bert.")}
+  # "bert." ("roberta."); the heads' tensors are not part of the encoder (see _mlm_head).
+  for prefix in ("bert.", "roberta."):
+    if not any(k.startswith("embeddings.") for k in weights) and any(
+        k.startswith(prefix) for k in weights):
+      weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
   shapes = config.param_shapes()
   problems = []
 
@@ -282,6 +325,39 @@ def _hf_to_tree(config: bert.BertConfig, weights: dict) -> dict:
     raise ValueError("load: the weights do not match config.json: " + "; ".join(problems))
   layers = jax.tree.map(lambda *a: np.stack(a), *per_layer)
   return {"embeddings": emb, "layers": layers}
+
+
+MLM_NAMES = {  # BertForMaskedLM's and RobertaForMaskedLM's head tensors
+    "bert": {"dense.kernel": "cls.predictions.transform.dense.weight",
+             "dense.bias": "cls.predictions.transform.dense.bias",
+             "ln.scale": "cls.predictions.transform.LayerNorm.weight",
+             "ln.bias": "cls.predictions.transform.LayerNorm.bias",
+             "bias": "cls.predictions.bias"},
+    "roberta": {"dense.kernel": "lm_head.dense.weight", "dense.bias": "lm_head.dense.bias",
+                "ln.scale": "lm_head.layer_norm.weight", "ln.bias": "lm_head.layer_norm.bias",
+                "bias": "lm_head.bias"},
+}
+
+
+def _mlm_head(config: bert.BertConfig, weights: dict, raw: dict) -> Optional[dict]:
+  """The masked-LM head's parameters, or None for a checkpoint without one (a sentence
+  encoder). The decoder is tied to the word embeddings; an untied one is refused."""
+  names = MLM_NAMES[config.model_type]
+  if names["bias"] not in weights:
+    return None
+  decoder = "cls.predictions.decoder.weight" if config.model_type == "bert" else (
+      "lm_head.decoder.weight")
+  if not raw.get("tie_word_embeddings", True):
+    raise ValueError("load: a masked-LM head with an untied decoder is not supported")
+  del decoder  # tied: the word embeddings are the decoder
+  d, v = config.hidden_size, config.vocab_size
+  shapes = {"dense.kernel": (d, d), "dense.bias": (d,), "ln.scale": (d,), "ln.bias": (d,),
+            "bias": (v,)}
+  get, check = _tensor_getter(weights, "the masked-LM head")
+  flat = {k: get(names[k], shapes[k]) for k in shapes}
+  check()
+  return {"dense": {"kernel": flat["dense.kernel"].T, "bias": flat["dense.bias"]},
+          "ln": {"scale": flat["ln.scale"], "bias": flat["ln.bias"]}, "bias": flat["bias"]}
 
 
 def _read_tokenizer(path: str, config: bert.BertConfig) -> Tokenizer:
@@ -351,7 +427,7 @@ def _pooling_settings(path: str):
   return pooling, normalize, max_len
 
 
-def load(path: Union[str, os.PathLike]) -> Pretrained:
+def load(path: Union[str, os.PathLike], *, dtype=None):
   """Loads a local Hugging Face checkpoint directory (no PyTorch, no network).
 
   Args:
@@ -369,9 +445,11 @@ def load(path: Union[str, os.PathLike]) -> Pretrained:
   >>> params = model.init(key, ids)      # params["shared"] is the loaded weights # doctest: +SKIP
   """
   path = os.fspath(path)
+  if gguf_file.is_gguf(path):
+    return _load_gguf(path, dtype)
   if not os.path.isdir(path):
-    raise ValueError(f"load: {path} is not a directory (expected a checkpoint directory with "
-                     f"config.json and model.safetensors)")
+    raise ValueError(f"load: {path} is neither a checkpoint directory (config.json and "
+                     f"model.safetensors) nor a GGUF file")
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
     raise ValueError(f"load: {path} has no config.json, so the architecture is unknown")
@@ -380,6 +458,10 @@ def load(path: Union[str, os.PathLike]) -> Pretrained:
   if model_type not in SUPPORTED_MODEL_TYPES:
     raise ValueError(f"load: model_type {model_type!r} in {cfg_path} is not supported; "
                      f"supported: {list(SUPPORTED_MODEL_TYPES)}")
+  if model_type in DECODER_FAMILIES:
+    return _load_decoder(path, raw, dtype)
+  if dtype is not None:
+    raise ValueError("load: dtype applies to decoders; encoders load in float32")
   if raw.get("position_embedding_type", "absolute") != "absolute":
     raise ValueError(f"load: position_embedding_type {raw['position_embedding_type']!r} is not "
                      f"supported (absolute only)")
@@ -388,12 +470,15 @@ def load(path: Union[str, os.PathLike]) -> Pretrained:
   except TypeError as e:
     raise ValueError(f"load: {cfg_path} lacks a field BERT needs: {e}") from None
   tokenizer = _read_tokenizer(path, config)
-  params = _hf_to_tree(config, _read_weights(path))
+  weights = _read_weights(path)
+  params = _hf_to_tree(config, weights)
+  mlm = _mlm_head(config, weights, raw)
   pooling, normalize, max_len = _pooling_settings(path)
-  max_len = min(int(max_len or config.max_position_embeddings), config.max_position_embeddings)
+  max_len = min(int(max_len or config.max_len), config.max_len)
   net = encoder(config, weights=params, pooling=pooling, normalize=normalize)
   return Pretrained(net, net.init(None, jnp.zeros((1, 2), jnp.int32)), tokenizer, config,
-                    pooling, normalize, max_len, path)
+                    pooling, normalize, max_len, path,
+                    None if mlm is None else jax.tree.map(jnp.asarray, mlm))
 
 
 def encode(path_or_loaded: Union[str, os.PathLike, Pretrained],
@@ -509,6 +594,18 @@ def _jitted_lower(config: bert.BertConfig, entry_layer: int):
   return _LOWER[key]
 
 
+_MLM = {}
+
+
+def _jitted_mlm(config: bert.BertConfig):
+  if config not in _MLM:
+    def fn(params, head, ids, types, context):
+      h, _ = bert.hidden_states(config, params, ids, context, token_types=types)
+      return bert.mlm_logits(config, head, h, params["embeddings"]["word"])
+    _MLM[config] = jax.jit(fn)
+  return _MLM[config]
+
+
 _JITTED = {}
 
 
@@ -517,3 +614,121 @@ def _jitted_apply(net: nets.Net):
     _JITTED.clear()  # one loaded model at a time: do not keep old weights alive
     _JITTED[net.apply] = jax.jit(net.apply)
   return _JITTED[net.apply]
+
+
+# --- Decoders ---------------------------------------------------------------------------------
+
+def _tensor_getter(weights: dict, source: str, strip=()):
+  """get(name, shape) over {name: array}, collecting every missing or misshapen tensor;
+  `strip`: name prefixes some checkpoints add ("transformer." for GPT-2)."""
+  for prefix in strip:
+    if not any(k in weights for k in ("wte.weight",)) and any(k.startswith(prefix)
+                                                              for k in weights):
+      weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
+  problems = []
+
+  def get(name, shape):
+    if name not in weights:
+      problems.append(f"missing tensor {name!r}")
+      return np.zeros(shape, np.float32)
+    a = np.asarray(weights[name])
+    if a.shape != tuple(shape):
+      problems.append(f"tensor {name!r} has shape {a.shape}, expected {tuple(shape)}")
+      return np.zeros(shape, np.float32)
+    return a.astype(np.float32)
+
+  def check():
+    if problems:
+      raise ValueError(f"load: the weights of {source} do not match its config: "
+                       + "; ".join(problems[:10])
+                       + (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+  return get, check
+
+
+class _GGUFTensors(dict):
+  """Dequantizes a GGUF tensor only when the key map asks for it."""
+
+  def __init__(self, file):
+    super().__init__({name: None for name in file.names()})
+    self._file = file
+
+  def __getitem__(self, name):
+    return self._file.tensor(name)
+
+
+def _decoder_tokenizer(tok_json: Optional[str], file=None):
+  import tokenizers
+  if tok_json and os.path.isfile(tok_json):
+    try:
+      return tokenizers.Tokenizer.from_file(tok_json)
+    except Exception as e:
+      raise ValueError(f"load: cannot read the tokenizer {tok_json}: {e}") from None
+  if file is not None:
+    return gguf_file.tokenizer_from_gguf(file)
+  raise ValueError(f"load: no tokenizer.json beside the weights ({tok_json})")
+
+
+def _pad_id(tok, tok_cfg: dict, config) -> int:
+  pad = tok_cfg.get("pad_token")
+  if isinstance(pad, dict):
+    pad = pad.get("content")
+  if isinstance(pad, str) and tok.token_to_id(pad) is not None:
+    return tok.token_to_id(pad)
+  for v in (config.pad_token_id, config.eos_token_id, 0):
+    if v is not None:
+      return int(v)
+  return 0
+
+
+def _insert_at(tok, config) -> int:
+  """1 if the tokenizer prepends a BOS token (prompt tokens go after it), else 0."""
+  with_specials = tok.encode("a").ids
+  without = tok.encode("a", add_special_tokens=False).ids
+  bos = config.bos_token_id
+  return int(len(with_specials) > len(without) and bos is not None and with_specials[0] == bos)
+
+
+def _finish_decoder(family, config, params, tok, tok_cfg, path, dtype):
+  size = tok.get_vocab_size(with_added_tokens=True)
+  if size > config.vocab_size:
+    raise ValueError(f"load: the tokenizer of {path} has {size} tokens but the embedding "
+                     f"table has {config.vocab_size} rows: is it the checkpoint's own?")
+  cast = (lambda a: jnp.asarray(a, dtype)) if dtype is not None else jnp.asarray
+  params = jax.tree.map(cast, params)
+  return language_model.CausalLM(family, config, params, tok, _pad_id(tok, tok_cfg, config),
+                                 _insert_at(tok, config), path)
+
+
+def _load_decoder(path: str, raw: dict, dtype) -> "language_model.CausalLM":
+  model_type = raw["model_type"]
+  family = DECODER_FAMILIES[model_type]
+  try:
+    config = (llama.LlamaConfig if family is llama else gpt2.GPT2Config).from_hf(raw)
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"load: {path}/config.json lacks a field {model_type} needs: {e}") from None
+  get, check = _tensor_getter(_read_weights(path), path,
+                              strip=("transformer.",) if family is gpt2 else ())
+  params = family.from_hf(config, get)
+  check()
+  tok_cfg_path = os.path.join(path, "tokenizer_config.json")
+  tok_cfg = _read_json(tok_cfg_path, "load") if os.path.isfile(tok_cfg_path) else {}
+  tok = _decoder_tokenizer(os.path.join(path, "tokenizer.json"))
+  return _finish_decoder(family, config, params, tok, tok_cfg, path, dtype)
+
+
+def _load_gguf(path: str, dtype) -> "language_model.CausalLM":
+  file = gguf_file.GGUFFile(path)
+  arch = file.architecture
+  if arch != "llama":
+    raise ValueError(f"load: GGUF architecture {arch!r} in {path} is not supported (llama: "
+                     f"Llama, Mistral, SmolLM)")
+  tensors = _GGUFTensors(file)
+  config = llama.LlamaConfig.from_gguf(file.metadata, tied="output.weight" not in tensors)
+  get, check = _tensor_getter(tensors, path)
+  params = llama.from_gguf(config, get)
+  check()
+  here = os.path.dirname(os.path.abspath(path))
+  tok = _decoder_tokenizer(os.path.join(here, "tokenizer.json"), file)
+  tok_cfg_path = os.path.join(here, "tokenizer_config.json")
+  tok_cfg = _read_json(tok_cfg_path, "load") if os.path.isfile(tok_cfg_path) else {}
+  return _finish_decoder(llama, config, params, tok, tok_cfg, path, dtype)

@@ -1,0 +1,94 @@
+"""Label scoring: candidate log-likelihoods under a decoder, masked-LM verbalizers.
+
+Heads that turn a language model into a classifier without new weights: a decoder scores
+each candidate label string after the context (the context and its prompt computed once and
+shared by the candidates); a masked LM reads its [MASK] logits at the label words (a
+verbalizer), or compares its [MASK] feature with label embeddings that are means of support
+[MASK] features (MetaPrompter's RepVerb, a soft verbalizer). Each returns [n, K] scores that
+plug into a cross-entropy loss, `meta_learner` and the evaluation like prototype logits do.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mtpjax.pretrained import _causal_lm as clm
+
+NORMALIZATIONS = ("sum", "mean")
+
+
+def label_log_likelihoods(family, config, params, ids, mask, label_ids, label_mask, *,
+                          tokens=None, prefix=None, insert_at: int = 0,
+                          prefix_positions: str = "after", cache_dtype=None):
+  """log p(label | context) per token [n, K, Tl] for right-padded contexts ids [n, S] and K
+  candidate labels label_ids [K, Tl] (right-padded, label_mask [K, Tl]); 0 at padding.
+
+  The context and its prompt run once into the cache; each candidate then runs against a
+  copy of it (lax.map over candidates, so memory holds one copy at a time). Sum over the
+  last axis for a label's log-likelihood, or divide by its length for the mean.
+  """
+  x, mask = clm.embeddings(family, config, params, ids, mask, tokens, insert_at)
+  n, s, _ = x.shape
+  tl = label_ids.shape[1]
+  p = clm.prefix_length(prefix)
+  clm.check_length(config, s + tl + (p if prefix_positions == "after" else 0))
+  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+  cache = clm.init_cache(config, n, s + tl, cache_dtype or x.dtype)
+  h, cache = clm.cached_step(family, config, params, x, jnp.zeros((n,), jnp.int32), cache,
+                             prefix=prefix, prefix_positions=prefix_positions)
+  last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  first = jax.nn.log_softmax(family.head(config, params, last), axis=-1)         # [n, V]
+  table = family.word_embeddings(params)
+
+  def one(label):
+    lid, lmask = label
+    lx = jnp.broadcast_to(table[lid][None].astype(x.dtype), (n, tl, x.shape[-1]))
+    hl, _ = clm.cached_step(family, config, params, lx, lengths, cache, prefix=prefix,
+                            prefix_positions=prefix_positions)
+    logp = jax.nn.log_softmax(family.head(config, params, hl[:, :-1]), axis=-1)  # [n, Tl-1, V]
+    logp = jnp.concatenate([first[:, None], logp], axis=1)                         # [n, Tl, V]
+    picked = jnp.take_along_axis(logp, jnp.broadcast_to(lid, (n, tl))[..., None], axis=-1)
+    return jnp.where(lmask[None], picked[..., 0], 0.0)
+
+  out = jax.lax.map(one, (jnp.maximum(label_ids, 0), jnp.asarray(label_mask, bool)))
+  return jnp.moveaxis(out, 0, 1)
+
+
+def reduce(per_token, label_mask, normalize: str = "sum"):
+  """[n, K] label scores from per-token log-likelihoods [n, K, Tl]: their sum (the label's
+  log-likelihood) or mean (length-normalised, so long labels are not penalised)."""
+  if normalize not in NORMALIZATIONS:
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+  total = per_token.sum(axis=-1)
+  if normalize == "sum":
+    return total
+  return total / jnp.maximum(jnp.asarray(label_mask).sum(axis=-1), 1)[None]
+
+
+def verbalizer_logits(mask_logits, label_token_ids, label_token_mask):
+  """Masked-LM verbalizer scores [n, K]: the mean log-probability of each label's tokens
+  at the [MASK] position.
+
+  mask_logits: [n, V] logits at the [MASK] of each example; label_token_ids [K, Tl] (padded,
+  label_token_mask [K, Tl]). A label of several tokens is scored by the mean of its tokens'
+  log-probabilities at that one [MASK] (PET's single-mask approximation: exact only for
+  one-token labels; a template with Tl masks would score them jointly).
+  """
+  logp = jax.nn.log_softmax(mask_logits.astype(jnp.float32), axis=-1)        # [n, V]
+  picked = jnp.take(logp, jnp.maximum(label_token_ids, 0), axis=-1)         # [n, K, Tl]
+  m = jnp.asarray(label_token_mask, bool)[None]
+  return jnp.sum(jnp.where(m, picked, 0.0), -1) / jnp.maximum(m.sum(-1), 1)
+
+
+def soft_verbalizer(support_features, support_labels, num_classes: int):
+  """Label embeddings [K, d]: the mean [MASK] feature of each class's support examples
+  (MetaPrompter's RepVerb). support_features [m, d], support_labels [m] int."""
+  onehot = jax.nn.one_hot(support_labels, num_classes, dtype=support_features.dtype)
+  return (onehot.T @ support_features) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
+
+
+def soft_verbalizer_logits(features, label_embeddings, scale: float = 10.0):
+  """Scaled cosine similarity [n, K] of [MASK] features [n, d] to label embeddings [K, d]."""
+  f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+  e = label_embeddings / jnp.maximum(jnp.linalg.norm(label_embeddings, axis=-1,
+                                                     keepdims=True), 1e-12)
+  return scale * f @ e.T
