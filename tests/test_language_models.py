@@ -649,3 +649,16 @@ def test_smollm2_soft_prompts_and_prefixes_match_transformers(smol):
            ref[f"prefix_hidden_{key}"], 2e-3, 1e-3)
     _close(m.logits(ids, np.ones_like(ids, bool), prompt=prefix, prefix_positions=pp)[0, -1],
            ref[f"prefix_logits_last_{key}"], 2e-3, 1e-4)
+
+
+def test_in_context_demonstrations_and_a_soft_prompt_are_one_call(lm):
+  support = [("what is my balance", "balance"), ("set an alarm for 7 am", "alarm")]
+  contexts = mj.pretrained.in_context(["wake me up at six"], support, template="{text} =>{label}")
+  assert contexts == ["what is my balance => balance\n\nset an alarm for 7 am => alarm\n\n"
+                      "wake me up at six =>"]
+  soft = {"tokens": 0.3 * jax.random.normal(jax.random.key(0), (2, lm.width))}
+  icl = lm.score(contexts, ["balance", "alarm"])
+  both = lm.score(contexts, ["balance", "alarm"], prompt=soft)
+  assert icl.shape == both.shape == (1, 2) and not np.allclose(icl, both)
+  with pytest.raises(ValueError, match="template must contain {label}"):
+    mj.pretrained.in_context(["q"], support, template="{text}")

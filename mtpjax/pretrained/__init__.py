@@ -22,6 +22,7 @@ tests/test_pretrained.py and tests/test_language_models.py run the same calls ag
 """
 
 from mtpjax.pretrained._bert import BertConfig, init_params
+from mtpjax.pretrained._demonstrations import in_context
 from mtpjax.pretrained._gpt2 import GPT2Config
 from mtpjax.pretrained._language_model import CausalLM
 from mtpjax.pretrained._llama import LlamaConfig
@@ -31,6 +32,6 @@ from mtpjax.pretrained._scoring import (soft_verbalizer, soft_verbalizer_logits,
                                        verbalizer_logits)
 
 __all__ = ["BertConfig", "CausalLM", "ENCODE_BATCH", "GPT2Config", "LlamaConfig", "Pretrained",
-           "SUPPORTED_MODEL_TYPES", "Tokenizer", "encode", "encoder", "init_params", "load",
+           "SUPPORTED_MODEL_TYPES", "Tokenizer", "encode", "encoder", "in_context", "init_params", "load",
            "lower_states", "soft_verbalizer", "soft_verbalizer_logits", "token_embeddings",
            "verbalizer_logits"]

@@ -149,3 +149,20 @@ def cached_step(family, config, params, x, start, cache, *, prefix=None,
 
   h, (ck, cv) = jax.lax.scan(layer, h, (params["layers"], cache["k"], cache["v"], pre))
   return family.final(config, params, h), {"k": ck, "v": cv}
+
+
+def prefill(family, config, params, ids, mask, *, extra: int, tokens=None, prefix=None,
+            insert_at: int = 0, prefix_positions: str = "after", cache_dtype=None):
+  """Runs a right-padded context (with its prompt) into a new cache with `extra` free slots
+  per row. Returns (the cache, each row's length [n] (prompt tokens included), the last real
+  position's final hidden state [n, d], the input embeddings' dtype)."""
+  x, mask = embeddings(family, config, params, ids, mask, tokens, insert_at)
+  n, s, _ = x.shape
+  p = prefix_length(prefix)
+  check_length(config, s + extra + (p if prefix_positions == "after" else 0))
+  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+  cache = init_cache(config, n, s + extra, cache_dtype or x.dtype)
+  h, cache = cached_step(family, config, params, x, jnp.zeros((n,), jnp.int32), cache,
+                         prefix=prefix, prefix_positions=prefix_positions)
+  last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  return cache, lengths, last, x.dtype

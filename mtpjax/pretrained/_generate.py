@@ -54,15 +54,10 @@ def generate(family, config, params, ids, mask, *, max_new_tokens: int, tokens=N
   After a stop token a row emits `pad_id`. With return_logits also the logits each token was
   chosen from [n, max_new_tokens, V]. Traceable: jit it with the sampling settings static.
   """
-  x, mask = clm.embeddings(family, config, params, ids, mask, tokens, insert_at)
-  n, s, _ = x.shape
-  p = clm.prefix_length(prefix)
-  clm.check_length(config, s + max_new_tokens + (p if prefix_positions == "after" else 0))
-  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-  cache = clm.init_cache(config, n, s + max_new_tokens, cache_dtype or x.dtype)
-  h, cache = clm.cached_step(family, config, params, x, jnp.zeros((n,), jnp.int32), cache,
-                             prefix=prefix, prefix_positions=prefix_positions)
-  last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  cache, lengths, last, dtype = clm.prefill(
+      family, config, params, ids, mask, extra=max_new_tokens, tokens=tokens, prefix=prefix,
+      insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype)
+  n = lengths.shape[0]
   logits = family.head(config, params, last)
   stop = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
   key = jax.random.key(0) if key is None else key
@@ -74,7 +69,7 @@ def generate(family, config, params, ids, mask, *, max_new_tokens: int, tokens=N
     tok = choose(logits, sub, temperature=temperature, top_k=top_k, top_p=top_p)
     tok = jnp.where(done, pad_id, tok)
     done = done | jnp.isin(tok, stop)
-    h, cache = clm.cached_step(family, config, params, table[tok][:, None].astype(x.dtype),
+    h, cache = clm.cached_step(family, config, params, table[tok][:, None].astype(dtype),
                                cur, cache, prefix=prefix, prefix_positions=prefix_positions)
     out = (tok, logits) if return_logits else tok
     return (cache, cur + 1, family.head(config, params, h[:, 0]), done, key), out

@@ -26,22 +26,17 @@ def label_log_likelihoods(family, config, params, ids, mask, label_ids, label_ma
   copy of it (lax.map over candidates, so memory holds one copy at a time). Sum over the
   last axis for a label's log-likelihood, or divide by its length for the mean.
   """
-  x, mask = clm.embeddings(family, config, params, ids, mask, tokens, insert_at)
-  n, s, _ = x.shape
   tl = label_ids.shape[1]
-  p = clm.prefix_length(prefix)
-  clm.check_length(config, s + tl + (p if prefix_positions == "after" else 0))
-  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-  cache = clm.init_cache(config, n, s + tl, cache_dtype or x.dtype)
-  h, cache = clm.cached_step(family, config, params, x, jnp.zeros((n,), jnp.int32), cache,
-                             prefix=prefix, prefix_positions=prefix_positions)
-  last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  cache, lengths, last, dtype = clm.prefill(
+      family, config, params, ids, mask, extra=tl, tokens=tokens, prefix=prefix,
+      insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype)
+  n = lengths.shape[0]
   first = jax.nn.log_softmax(family.head(config, params, last), axis=-1)         # [n, V]
   table = family.word_embeddings(params)
 
   def one(label):
     lid, lmask = label
-    lx = jnp.broadcast_to(table[lid][None].astype(x.dtype), (n, tl, x.shape[-1]))
+    lx = jnp.broadcast_to(table[lid][None].astype(dtype), (n, tl, table.shape[-1]))
     hl, _ = clm.cached_step(family, config, params, lx, lengths, cache, prefix=prefix,
                             prefix_positions=prefix_positions)
     logp = jax.nn.log_softmax(family.head(config, params, hl[:, :-1]), axis=-1)  # [n, Tl-1, V]
