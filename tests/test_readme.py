@@ -38,6 +38,7 @@ def run_block(page, i, capsys) -> dict:
 
 # The blocks whose results the tests below check; every other block must run and print.
 CHECKED = {("README.md", 0), ("docs/guides/prompts.md", 0), ("docs/guides/pretrained.md", 0),
+           ("docs/guides/pretrained.md", 1),
            ("docs/guides/multitask.md", 0), ("docs/guides/multitask.md", 1)}
 
 
@@ -78,6 +79,18 @@ def test_pretrained_guide_example_runs(capsys):
   assert not np.allclose(state.params["prompt"], params["prompt"])  # meta-learned
   np.testing.assert_array_equal(state.params["shared"]["layers"]["query"]["kernel"],
                                 params["shared"]["layers"]["query"]["kernel"])  # frozen
+
+
+def test_language_model_guide_example_generates_scores_and_tunes(capsys):
+  data = env.data_dir()
+  if not os.path.isfile(os.path.join(data, "SmolLM2-135M-Instruct-Q4_1",
+                                     "SmolLM2-135M-Instruct.Q4_1.gguf")):
+    pytest.skip(f"SmolLM2 is not under {data}")
+  namespace = run_block("docs/guides/pretrained.md", 1, capsys)
+  lm, contexts, labels = namespace["lm"], namespace["contexts"], namespace["labels"]
+  assert lm.generate_text(["The capital of France is"], max_new_tokens=3)[0].startswith(" Paris")
+  np.testing.assert_array_equal(lm.score(contexts, labels).argmax(axis=1), [0, 1])
+  assert float(namespace["loss"](namespace["soft"])) < float(namespace["value"])  # one step helps
 
 
 def test_balancing_guide_example_runs(capsys):
