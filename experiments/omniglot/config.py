@@ -46,7 +46,7 @@ ALGORITHM_DEFAULTS = {
 # statistics' backward into transposing copies that run ~10x slower than the same work
 # untransposed: MAML's meta-step 0.79-0.84 -> 0.64-0.65 s (5-way 1-shot, 32 tasks). With
 # GroupNorm it is ~10% slower (0.58 -> 0.65 s), so it is not set for other norms.
-# benchmarks/omniglot_speed_notes.md, rows 33-34. CPU-only; other backends ignore it.
+# benchmarks/omniglot_speed_notes.md has the measurements. CPU-only; other backends ignore it.
 BATCH_NORM_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
 
 

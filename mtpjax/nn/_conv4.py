@@ -37,7 +37,7 @@ def conv3x3(x: types.Array, kernel: types.Array, impl: str = "auto") -> types.Ar
   convolution (feature_group_count = tasks) and its gradients convolutions with
   batch_group_count. On Omniglot MAML's meta-step XLA runs those ~18x slower than "im2col" on
   the CPU and 4.8x slower on an H100 (10.0 against 2.1 ms); "im2col" and "taps" stay batched
-  matmuls. benchmarks/omniglot_speed_notes.md has the figures (rows 2, 5, 13: CPU; 36: GPU).
+  matmuls. benchmarks/omniglot_speed_notes.md has the figures, CPU and GPU.
   """
   if impl == "auto":
     impl = auto_conv_impl(jax.default_backend())
@@ -110,7 +110,7 @@ def affine_max_pool_2x2(x: types.Array, mult: types.Array, shift: types.Array) -
   max_pool_2x2(x * sign) * |mult| + shift: the map and its gradients run at the pooled
   resolution, a quarter of the elements. After a normalisation at the largest layer (Conv4's
   28x28) this made the block's gradient 2.6x and its second-order gradient 3.6x faster
-  (benchmarks/omniglot_speed_notes.md, row 26). The same window element wins as in the
+  (benchmarks/omniglot_speed_notes.md). The same window element wins as in the
   unfused form wherever mult != 0, ties included (a whole channel is negated at once); at
   mult == 0 the map is flat and both pick a valid subgradient.
   """
