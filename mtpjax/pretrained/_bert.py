@@ -185,6 +185,18 @@ def text_mask(config: BertConfig, ids: types.Array) -> types.Array:
   return ids != config.pad_token_id
 
 
+def check_token_ids(ids, vocab: int) -> None:
+  """Raises unless the concrete `ids` are integers in [0, vocab)."""
+  concrete = np.asarray(ids)
+  if not np.issubdtype(concrete.dtype, np.integer):
+    raise ValueError(f"token ids must be integers, got dtype {concrete.dtype}")
+  bad = (concrete < 0) | (concrete >= vocab)
+  if bad.any():
+    raise ValueError(f"token ids must be in [0, {vocab}) (the checkpoint's vocabulary), got "
+                     f"{sorted(set(concrete[bad].tolist()))[:5]} ({int(bad.sum())} tokens); "
+                     f"tokenize with the checkpoint's own tokenizer")
+
+
 def word_embeddings(table: types.Array, ids: types.Array) -> types.Array:
   """Rows of the embedding table [vocab, d] for integer ids [...] -> [..., d].
 
@@ -193,14 +205,7 @@ def word_embeddings(table: types.Array, ids: types.Array) -> types.Array:
   """
   vocab = table.shape[0]
   if not isinstance(ids, jax.core.Tracer):
-    concrete = np.asarray(ids)
-    if not np.issubdtype(concrete.dtype, np.integer):
-      raise ValueError(f"token ids must be integers, got dtype {concrete.dtype}")
-    bad = (concrete < 0) | (concrete >= vocab)
-    if bad.any():
-      raise ValueError(f"token ids must be in [0, {vocab}) (the checkpoint's vocabulary), got "
-                       f"{sorted(set(concrete[bad].tolist()))[:5]} ({int(bad.sum())} tokens); "
-                       f"tokenize with the checkpoint's own tokenizer")
+    check_token_ids(ids, vocab)
   valid = (ids >= 0) & (ids < vocab)
   return jnp.where(valid[..., None], jnp.take(table, jnp.where(valid, ids, 0), axis=0), jnp.nan)
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtpjax.pretrained import _bert as bert
 from mtpjax.pretrained import _causal_lm as clm
 from mtpjax.pretrained import _generate as gen
 from mtpjax.pretrained import _scoring as scoring
@@ -212,11 +213,7 @@ def _check_ids(ids, mask, vocab: int):
   ids, mask = np.asarray(ids), np.asarray(mask)
   if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
     raise ValueError(f"token ids must be an integer array [n, T], got {ids.shape} {ids.dtype}")
-  bad = (ids < 0) | (ids >= vocab)
-  if bad.any():
-    raise ValueError(f"token ids must be in [0, {vocab}) (the checkpoint's vocabulary), got "
-                     f"{sorted(set(ids[bad].tolist()))[:5]}; tokenize with the checkpoint's "
-                     f"own tokenizer")
+  bert.check_token_ids(ids, vocab)
   if mask.shape != ids.shape:
     raise ValueError(f"mask {mask.shape} must have the shape of the ids {ids.shape}")
   mask = mask.astype(bool)

@@ -134,7 +134,7 @@ class Pretrained(NamedTuple):
     ids = np.asarray(ids)
     if mask is not None and not (np.asarray(mask, bool) == (ids != self.tokenizer.pad_id)).all():
       raise ValueError("logits: the mask must be ids != pad id (right padding)")
-    bert.word_embeddings(np.zeros((self.config.vocab_size, 1), np.float32), ids)  # id check
+    bert.check_token_ids(ids, self.config.vocab_size)
     types = None if token_types is None else jnp.asarray(token_types, jnp.int32)
     fn = _jitted_mlm(self.config)
     return np.asarray(fn(self.params, self.mlm, jnp.asarray(ids, jnp.int32), types,
@@ -280,19 +280,14 @@ def _hf_to_tree(config: bert.BertConfig, weights: dict) -> dict:
         k.startswith(prefix) for k in weights):
       weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
   shapes = config.param_shapes()
-  problems = []
+  extra = [k for k in weights if k.startswith("encoder.layer.")
+           and int(k.split(".")[2]) >= config.num_hidden_layers]
+  tensor, check = _tensor_getter(weights, "config.json", extra=[
+      f"{len(extra)} tensors of layers beyond num_hidden_layers={config.num_hidden_layers}, "
+      f"e.g. {extra[0]!r}"] if extra else [])
 
   def get(name, shape, transpose=False):
-    if name not in weights:
-      problems.append(f"missing tensor {name!r}")
-      return np.zeros(shape, np.float32)
-    a = np.asarray(weights[name])
-    want = shape[::-1] if transpose else shape
-    if a.shape != tuple(want):
-      problems.append(f"tensor {name!r} has shape {a.shape}, expected {tuple(want)}")
-      return np.zeros(shape, np.float32)
-    a = a.astype(np.float32)
-    return a.T if transpose else a
+    return tensor(name, shape[::-1]).T if transpose else tensor(name, shape)
 
   e = shapes["embeddings"]
   emb = {"word": get("embeddings.word_embeddings.weight", e["word"]),
@@ -316,13 +311,7 @@ def _hf_to_tree(config: bert.BertConfig, weights: dict) -> dict:
       layer[k] = {"scale": get(pre + hf + ".weight", (config.hidden_size,)),
                   "bias": get(pre + hf + ".bias", (config.hidden_size,))}
     per_layer.append(layer)
-  extra = [k for k in weights if k.startswith("encoder.layer.")
-           and int(k.split(".")[2]) >= config.num_hidden_layers]
-  if extra:
-    problems.append(f"{len(extra)} tensors of layers beyond num_hidden_layers="
-                    f"{config.num_hidden_layers}, e.g. {extra[0]!r}")
-  if problems:
-    raise ValueError("load: the weights do not match config.json: " + "; ".join(problems))
+  check()
   layers = jax.tree.map(lambda *a: np.stack(a), *per_layer)
   return {"embeddings": emb, "layers": layers}
 
@@ -345,15 +334,12 @@ def _mlm_head(config: bert.BertConfig, weights: dict, raw: dict) -> Optional[dic
   names = MLM_NAMES[config.model_type]
   if names["bias"] not in weights:
     return None
-  decoder = "cls.predictions.decoder.weight" if config.model_type == "bert" else (
-      "lm_head.decoder.weight")
-  if not raw.get("tie_word_embeddings", True):
+  if not raw.get("tie_word_embeddings", True):  # tied: the word embeddings are the decoder
     raise ValueError("load: a masked-LM head with an untied decoder is not supported")
-  del decoder  # tied: the word embeddings are the decoder
   d, v = config.hidden_size, config.vocab_size
   shapes = {"dense.kernel": (d, d), "dense.bias": (d,), "ln.scale": (d,), "ln.bias": (d,),
             "bias": (v,)}
-  get, check = _tensor_getter(weights, "the masked-LM head")
+  get, check = _tensor_getter(weights, "the masked-LM head")  # [out, in] as stored
   flat = {k: get(names[k], shapes[k]) for k in shapes}
   check()
   return {"dense": {"kernel": flat["dense.kernel"].T, "bias": flat["dense.bias"]},
@@ -427,16 +413,22 @@ def _pooling_settings(path: str):
   return pooling, normalize, max_len
 
 
-def load(path: Union[str, os.PathLike], *, dtype=None):
-  """Loads a local Hugging Face checkpoint directory (no PyTorch, no network).
+def load(path: Union[str, os.PathLike], *, dtype=None
+         ) -> Union[Pretrained, "language_model.CausalLM"]:
+  """Loads a local Hugging Face checkpoint directory or a llama.cpp GGUF file (no PyTorch,
+  no network).
 
   Args:
     path: a directory with config.json, model.safetensors (or an index and shards) and
       tokenizer.json or vocab.txt; sentence-transformers' modules.json / 1_Pooling /
-      sentence_bert_config.json set the pooling, normalisation and default max length.
+      sentence_bert_config.json set the pooling, normalisation and default max length. Or a
+      `.gguf` file of architecture llama (its tokenizer: tokenizer.json beside it, else the
+      file's own vocabulary).
+    dtype: decoders only: the weights' dtype (e.g. jnp.bfloat16); None keeps float32.
 
   Returns:
-    Pretrained(encoder, params, tokenizer, config, pooling, normalize, max_len, path).
+    For BERT and RoBERTa, Pretrained(encoder, params, tokenizer, config, pooling, normalize,
+    max_len, path, mlm); for decoders (llama, mistral, qwen2, gpt2, GGUF), a CausalLM.
 
   (Skipped: it needs the checkpoint in ../shared/data; tests/test_pretrained.py runs it.)
 
@@ -618,14 +610,14 @@ def _jitted_apply(net: nets.Net):
 
 # --- Decoders ---------------------------------------------------------------------------------
 
-def _tensor_getter(weights: dict, source: str, strip=()):
-  """get(name, shape) over {name: array}, collecting every missing or misshapen tensor;
-  `strip`: name prefixes some checkpoints add ("transformer." for GPT-2)."""
+def _tensor_getter(weights: dict, source: str, strip=(), extra=()):
+  """(get, check): get(name, shape) reads a tensor of {name: array} as float32, collecting
+  every missing or misshapen one; check() then raises naming them all (and the `extra`
+  problems the caller found). `strip`: name prefixes some checkpoints add ("transformer."
+  for GPT-2)."""
   for prefix in strip:
-    if not any(k in weights for k in ("wte.weight",)) and any(k.startswith(prefix)
-                                                              for k in weights):
-      weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
-  problems = []
+    weights = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in weights.items()}
+  problems = list(extra)
 
   def get(name, shape):
     if name not in weights:
