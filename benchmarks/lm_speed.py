@@ -105,8 +105,7 @@ def mtpjax_side(path):
   opt = optax.adam(1e-3)
 
   def loss(soft, params):
-    x, m = clm.embeddings(lm.family, lm.config, params, ids, mask, soft, 0)
-    h = clm.forward(lm.family, lm.config, params, x, m)
+    h = clm.forward(lm.family, lm.config, params, ids, mask, tokens=soft, insert_at=0)
     logits = lm.family.head(lm.config, params, h[:, SOFT_LEN:-1])
     return mj.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 

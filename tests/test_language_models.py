@@ -145,8 +145,11 @@ def _np_rope(x, pos, base):
   return x * cos[:, None] + rot * sin[:, None]
 
 
-def np_llama_logits(cfg, t, ids):
-  """Logits [T, V] of one unpadded sequence, float64, from HF tensor names alone."""
+def np_llama_logits(cfg, t, ids, late=None):
+  """Logits [T, V] of one unpadded sequence, float64, from HF tensor names alone.
+
+  late=(k, tokens [P, d], at): a late prompt, inserted at position `at` of the stream entering
+  layer k; below k the text runs alone, from k on the P + T tokens take positions 0, 1, ..."""
   t = {k: v.astype(np.float64) for k, v in t.items()}
   H, Hk, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
   eps, base = cfg["rms_norm_eps"], cfg["rope_parameters"]["rope_theta"]
@@ -156,6 +159,10 @@ def np_llama_logits(cfg, t, ids):
   n = len(ids)
   pos = np.arange(n)
   for i in range(cfg["num_hidden_layers"]):
+    if late is not None and i == late[0]:
+      x = np.concatenate([x[:late[2]], np.asarray(late[1], np.float64), x[late[2]:]])
+      n = len(x)
+      pos = np.arange(n)
     p = f"model.layers.{i}."
     a = norm(x, t[p + "input_layernorm.weight"])
     q = _np_rope(lin(a, p + "self_attn.q_proj").reshape(n, H, hd), pos, base)
@@ -218,7 +225,7 @@ def test_loaded_checkpoints_compute_what_an_independent_float64_forward_computes
 
 # --- The mathematics of the cache, padding and prompts --------------------------------------------
 
-def _recompute_greedy(lm, ids, n_new, prompt=None, prefix_positions="after"):
+def _recompute_greedy(lm, ids, n_new, prompt=None, prefix_positions="after", entry_layer=0):
   """Greedy decoding without a cache: the whole sequence recomputed at every step."""
   seq = list(ids)
   out, step_logits = [], []
@@ -228,7 +235,8 @@ def _recompute_greedy(lm, ids, n_new, prompt=None, prefix_positions="after"):
     arr = np.full((1, width), lm.pad_id, np.int32)
     arr[0, :len(seq)] = seq
     lg = lm.logits(arr, np.arange(width)[None] < len(seq), prompt=prompt,
-                   prefix_positions=prefix_positions)[0, len(seq) + shift - 1]
+                   prefix_positions=prefix_positions,
+                   entry_layer=entry_layer)[0, len(seq) + shift - 1]
     tok = int(np.argmax(lg))
     out.append(tok)
     step_logits.append(lg)
@@ -236,21 +244,24 @@ def _recompute_greedy(lm, ids, n_new, prompt=None, prefix_positions="after"):
   return np.asarray(out), np.asarray(step_logits)
 
 
-@pytest.mark.parametrize("prompt_kind", ["none", "tokens", "prefix", "prefix_from_0", "both"])
+@pytest.mark.parametrize("prompt_kind", ["none", "tokens", "prefix", "prefix_from_0", "both",
+                                         "late_tokens", "late_both"])
 def test_cached_decoding_equals_recomputing_the_whole_sequence(lm, prompt_kind):
   rng = np.random.default_rng(1)
   cfg = lm.config
+  entry = 1 if prompt_kind.startswith("late") else 0
   tokens = jnp.asarray(0.3 * rng.standard_normal((3, cfg.hidden_size)), jnp.float32)
-  prefix = jnp.asarray(0.3 * rng.standard_normal((cfg.num_hidden_layers, 2, 2, cfg.kv_dim)),
-                       jnp.float32)
+  prefix = jnp.asarray(0.3 * rng.standard_normal((cfg.num_hidden_layers - entry, 2, 2,
+                                                  cfg.kv_dim)), jnp.float32)
   prompt = {"none": None, "tokens": {"tokens": tokens}, "prefix": {"prefix": prefix},
-            "prefix_from_0": {"prefix": prefix}, "both": {"tokens": tokens, "prefix": prefix}
+            "prefix_from_0": {"prefix": prefix}, "both": {"tokens": tokens, "prefix": prefix},
+            "late_tokens": {"tokens": tokens}, "late_both": {"tokens": tokens, "prefix": prefix}
             }[prompt_kind]
   pp = "from_0" if prompt_kind == "prefix_from_0" else "after"
   ids, mask = lm.tokenize([SENTENCES[2]])
   new, step_logits = lm.generate(ids, mask, max_new_tokens=6, prompt=prompt,
-                                 prefix_positions=pp, return_logits=True)
-  want, want_logits = _recompute_greedy(lm, ids[0], 6, prompt, pp)
+                                 prefix_positions=pp, entry_layer=entry, return_logits=True)
+  want, want_logits = _recompute_greedy(lm, ids[0], 6, prompt, pp, entry)
   np.testing.assert_array_equal(new[0], want)
   np.testing.assert_allclose(step_logits[0], want_logits, atol=2e-5, rtol=1e-5)
 
@@ -285,6 +296,83 @@ def test_a_prompt_of_length_zero_is_bitwise_the_plain_model(lm):
   np.testing.assert_array_equal(lm.logits(ids, mask, prompt=empty), lm.logits(ids, mask))
   np.testing.assert_array_equal(lm.generate(ids, mask, max_new_tokens=4, prompt=empty),
                                 lm.generate(ids, mask, max_new_tokens=4))
+
+
+def test_a_late_prompt_enters_at_its_layer_and_leaves_the_layers_below_to_the_text(tiny):
+  path, cfg, tensors = tiny["llama"]
+  m = mj.pretrained.load(path)
+  ids, mask = m.tokenize(SENTENCES[:3])
+  late = jnp.asarray(0.5 * np.random.default_rng(4).standard_normal((2, m.width)), jnp.float32)
+  logits = m.logits(ids, mask, prompt={"tokens": late}, entry_layer=1)
+  for i in range(3):
+    n = int(mask[i].sum())
+    want = np_llama_logits(cfg, tensors, ids[i, :n], late=(1, late, m.insert_at))
+    np.testing.assert_allclose(logits[i, :n + 2], want, atol=1e-4, rtol=1e-4)
+  # A late prompt of length 0 is bitwise the plain model, and the layers below it are the
+  # plain model's: what lower_fn returns is the stream the plain model has after layer 0.
+  empty = {"tokens": jnp.zeros((0, m.width))}
+  np.testing.assert_array_equal(m.logits(ids, mask, prompt=empty, entry_layer=1),
+                                m.logits(ids, mask))
+  _, layers = m.hidden_states(ids, mask, return_layers=True)
+  lower = m.lower_fn(1)(m.params, jnp.asarray(ids), jnp.asarray(mask))
+  np.testing.assert_allclose(lower["h"], layers[0], atol=1e-6)
+  with pytest.raises(ValueError, match=r"entry_layer must be an integer in \[0, 2\)"):
+    m.logits(ids, mask, entry_layer=2)
+
+
+def test_late_prompt_scores_read_the_lower_layers_computed_once(lm):
+  labels = ["balance", "alarm clock"]
+  ids, mask = (jnp.asarray(a) for a in lm.tokenize(SENTENCES[:3]))
+  label_ids, label_mask = (jnp.asarray(a) for a in lm.label_ids(labels))
+  soft = {"tokens": 0.3 * jax.random.normal(jax.random.key(5), (2, lm.width))}
+  f = jax.jit(lm.scores_fn(entry_layer=1))
+  lower = jax.jit(lm.lower_fn(1))(lm.params, ids, mask)
+  got = f(lm.params, ids, mask, label_ids, label_mask, soft)
+  np.testing.assert_allclose(f(lm.params, ids, mask, label_ids, label_mask, soft, lower), got,
+                             atol=1e-6)
+  np.testing.assert_allclose(lm.score(SENTENCES[:3], labels, prompt=soft, entry_layer=1), got,
+                             atol=1e-5)
+  # Each score is what one forward of context + label computes with the same late prompt.
+  for i in range(3):
+    ctx = lm.encode(SENTENCES[i])
+    for k in range(2):
+      lab = list(np.asarray(label_ids[k, :int(label_mask[k].sum())]))
+      seq = np.asarray([ctx + lab], np.int32)
+      logp = jax.nn.log_softmax(lm.logits(seq, np.ones_like(seq, bool), prompt=soft,
+                                          entry_layer=1)[0], -1)
+      want = sum(float(logp[len(ctx) + 1 + j, t]) for j, t in enumerate(lab))
+      np.testing.assert_allclose(got[i, k], want, atol=1e-4)
+  with pytest.raises(ValueError, match="precomputed lower states"):
+    f(lm.params, ids[:2], mask[:2], label_ids, label_mask, soft, lower)
+
+
+def test_generated_and_instance_ensembled_prompts_steer_the_decoder(lm):
+  ids, mask = (jnp.asarray(a) for a in lm.tokenize(SENTENCES[:4]))
+  label_ids, label_mask = (jnp.asarray(a) for a in lm.label_ids(["balance", "alarm"]))
+  y = jnp.asarray([0, 1, 0, 1])
+  f, embed = lm.scores_fn(normalize="mean"), lm.embed_fn()
+  rep = embed(lm.params, ids, mask)                                              # [n, d]
+  # The representation is the mean word embedding over each text's real tokens.
+  table = lm.token_embeddings()
+  np.testing.assert_allclose(rep[1], table[ids[1][mask[1]]].mean(0), atol=1e-6)
+  for kind in (mj.prompts.generated(3, lm.width, repr_dim=lm.width, hidden=16),
+               mj.prompts.ensembled(4, 3, lm.width, key_dim=8, instance=True)):
+    shared, task = kind.init(jax.random.key(6))
+
+    def loss(shared, task):
+      # The generator reads the support summary; the ensemble reads each instance.
+      tokens = kind.apply(shared, task, task_repr=rep if kind.weights else rep.mean(0))
+      return mj.cross_entropy(f(lm.params, ids, mask, label_ids, label_mask, tokens), y)
+
+    tokens = kind.apply(shared, task, task_repr=rep if kind.weights else rep.mean(0))["tokens"]
+    assert tokens.shape == ((4, 3, lm.width) if kind.weights else (3, lm.width))
+    if kind.weights:  # one prompt per example: row i alone with its own mixed prompt
+      alone = f(lm.params, ids[1:2], mask[1:2], label_ids, label_mask, {"tokens": tokens[1]})
+      np.testing.assert_allclose(
+          f(lm.params, ids, mask, label_ids, label_mask, {"tokens": tokens})[1], alone[0],
+          atol=1e-5)
+    grads = jax.grad(loss)(shared, task)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 
 def test_prompt_tokens_made_of_word_embeddings_compute_the_text_with_those_words(lm):

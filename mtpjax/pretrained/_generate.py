@@ -48,15 +48,19 @@ def generate(family, config, params, ids, mask, *, max_new_tokens: int, tokens=N
              prefix=None, insert_at: int = 0, prefix_positions: str = "after",
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              stop_tokens: Sequence[int] = (), pad_id: int = 0, key=None,
-             cache_dtype=None, return_logits: bool = False):
+             cache_dtype=None, return_logits: bool = False, entry_layer: int = 0,
+             lower=None):
   """New token ids [n, max_new_tokens] after left-justified ids [n, S] with mask [n, S].
 
-  After a stop token a row emits `pad_id`. With return_logits also the logits each token was
-  chosen from [n, max_new_tokens, V]. Traceable: jit it with the sampling settings static.
+  After a stop token a row emits `pad_id`. Prompt tokens enter at `entry_layer` (the text's
+  lower layers precomputed in `lower` when given, see _causal_lm.lower). With return_logits
+  also the logits each token was chosen from [n, max_new_tokens, V]. Traceable: jit it with
+  the sampling settings static.
   """
   cache, lengths, last, dtype = clm.prefill(
       family, config, params, ids, mask, extra=max_new_tokens, tokens=tokens, prefix=prefix,
-      insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype)
+      insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype,
+      entry_layer=entry_layer, lower=lower)
   n = lengths.shape[0]
   logits = family.head(config, params, last)
   stop = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)

@@ -5,9 +5,11 @@ Its methods take and return numpy arrays and compile once per shape bucket; the 
 functions behind them (`hidden`, `logits_fn`, `scores_fn`) take the weights and a prompt as
 arguments, so a soft prompt or prefix can be differentiated and meta-learned through them.
 
-A prompt is a dict as for the BERT encoder: {"tokens": [P, d] or [n, P, d]} (input
-embeddings inserted after BOS where the tokenizer adds one, else first) and/or {"prefix":
-[L, 2, P, Hk hd] or [n, ...]} (keys and values in every layer). See _causal_lm.py.
+A prompt is a dict as for the BERT encoder: {"tokens": [P, d] or [n, P, d]} (inserted after
+BOS where the tokenizer adds one, else first) and/or {"prefix": [L - k, 2, P, Hk hd] or [n,
+...]} (keys and values in every layer from the entry layer k on). With `entry_layer=k > 0` the
+tokens are hidden states entering layer k (a late prompt) and the layers below compute the
+text alone, once: `lower_fn` computes them outside a training loop. See _causal_lm.py.
 """
 
 import functools
@@ -107,22 +109,23 @@ class CausalLM(NamedTuple):
   # --- Forward ----------------------------------------------------------------------------------
 
   def hidden_states(self, ids, mask, *, prompt=None, prefix_positions: str = "after",
-                    return_layers: bool = False):
+                    entry_layer: int = 0, return_layers: bool = False):
     """Final hidden states [n, T (+ P), d] (numpy float32); with return_layers also the
     residual stream after every layer [L, n, T (+ P), d]."""
     ids, mask = _check_ids(ids, mask, self.config.vocab_size)
     tokens, prefix = _prompt_parts(prompt)
     fn = _jitted(self, "hidden", prefix_positions=prefix_positions,
-                 return_layers=return_layers)
+                 return_layers=return_layers, entry_layer=entry_layer)
     out = fn(self.params, ids, mask, tokens, prefix)
     return jax.tree.map(lambda a: np.asarray(a, np.float32), out)
 
-  def logits(self, ids, mask, *, prompt=None, prefix_positions: str = "after"):
+  def logits(self, ids, mask, *, prompt=None, prefix_positions: str = "after",
+             entry_layer: int = 0):
     """Next-token logits [n, T (+ P), V] float32 (numpy) at every position; with prompt
     tokens, their positions are included (they sit at insert_at)."""
     ids, mask = _check_ids(ids, mask, self.config.vocab_size)
     tokens, prefix = _prompt_parts(prompt)
-    fn = _jitted(self, "logits", prefix_positions=prefix_positions)
+    fn = _jitted(self, "logits", prefix_positions=prefix_positions, entry_layer=entry_layer)
     return np.asarray(fn(self.params, ids, mask, tokens, prefix), np.float32)
 
   # --- Generation -------------------------------------------------------------------------------
@@ -130,7 +133,8 @@ class CausalLM(NamedTuple):
   def generate(self, ids, mask, *, max_new_tokens: int, prompt=None,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                stop_tokens: Sequence[int] = (), seed: int = 0,
-               prefix_positions: str = "after", return_logits: bool = False):
+               prefix_positions: str = "after", entry_layer: int = 0,
+               return_logits: bool = False):
     """New token ids [n, max_new_tokens] int32 (numpy), decoded with the KV cache.
 
     Greedy at temperature 0 (the default), else sampled (top_k, top_p). Rows may be right-
@@ -152,7 +156,7 @@ class CausalLM(NamedTuple):
                  temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                  stop_tokens=tuple(int(t) for t in stop_tokens),
                  prefix_positions=prefix_positions, return_logits=return_logits,
-                 pad_id=self.pad_id)
+                 pad_id=self.pad_id, entry_layer=entry_layer)
     out = fn(self.params, ids, mask, tokens, prefix, jax.random.key(seed))
     return jax.tree.map(np.asarray, out)
 
@@ -184,7 +188,8 @@ class CausalLM(NamedTuple):
     return ids, mask
 
   def score(self, contexts: Sequence[str], labels: Sequence[str], *, label_prefix: str = " ",
-            normalize: str = "sum", prompt=None, prefix_positions: str = "after"):
+            normalize: str = "sum", prompt=None, prefix_positions: str = "after",
+            entry_layer: int = 0):
     """log p(label_prefix + label | context) [n, K] float32 (numpy) for every context and
     candidate label; normalize="mean" divides by the label's token count (length-normalised
     log-likelihood). The context runs once and its cache is shared by the candidates."""
@@ -192,21 +197,61 @@ class CausalLM(NamedTuple):
     ids, mask = _pad_to(ids, mask, _bucket(ids.shape[1]), self.pad_id)
     label_ids, label_mask = self.label_ids(labels, prefix=label_prefix)
     tokens, prefix = _prompt_parts(prompt)
-    fn = _jitted(self, "score", normalize=normalize, prefix_positions=prefix_positions)
+    fn = _jitted(self, "score", normalize=normalize, prefix_positions=prefix_positions,
+                 entry_layer=entry_layer)
     return np.asarray(fn(self.params, ids, mask, label_ids, label_mask, tokens, prefix))
 
   # --- Pure functions (for jit, grad and meta-learning) ------------------------------------------
 
-  def scores_fn(self, *, normalize: str = "sum", prefix_positions: str = "after"):
-    """f(params, ids, mask, label_ids, label_mask, prompt) -> [n, K] label log-likelihoods,
-    traceable, differentiable in the prompt (and the weights)."""
-    def f(params, ids, mask, label_ids, label_mask, prompt=None):
+  def scores_fn(self, *, normalize: str = "sum", prefix_positions: str = "after",
+                entry_layer: int = 0):
+    """f(params, ids, mask, label_ids, label_mask, prompt=None, lower=None) -> [n, K] label
+    log-likelihoods of right-padded contexts, traceable, differentiable in the prompt (and
+    the weights). With entry_layer > 0, `lower` may hold the contexts' `lower_fn` states,
+    computed once instead of at every call."""
+    clm.check_entry_layer(self.config, entry_layer)
+    _check_prefix_positions(prefix_positions)
+
+    def f(params, ids, mask, label_ids, label_mask, prompt=None, lower=None):
       tokens, prefix = _prompt_parts(prompt)
       per_token = scoring.label_log_likelihoods(
           self.family, self.config, params, ids, mask, label_ids, label_mask, tokens=tokens,
-          prefix=prefix, insert_at=self.insert_at, prefix_positions=prefix_positions)
+          prefix=prefix, insert_at=self.insert_at, prefix_positions=prefix_positions,
+          entry_layer=entry_layer, lower=lower)
       return scoring.reduce(per_token, label_mask, normalize)
     return f
+
+  def lower_fn(self, entry_layer: int):
+    """f(params, ids, mask) -> what a prompt entering at `entry_layer` cannot change: the
+    text's hidden states entering that layer {"h": [n, T, d]} and the lower layers' keys and
+    values {"k", "v": [k, n, T, Hk, hd]}; pass it as `lower` to scores_fn's function."""
+    if clm.check_entry_layer(self.config, entry_layer) == 0:
+      raise ValueError("lower_fn: entry_layer must be >= 1 (at layer 0 nothing precedes the "
+                       "prompt)")
+    return functools.partial(clm.lower, self.family, self.config, entry_layer=entry_layer)
+
+  def embed_fn(self, entry_layer: int = 0):
+    """f(params, ids, mask, lower=None) -> [n, d]: a prompt-free representation of each text,
+    the mean over its real tokens of the hidden states entering `entry_layer` (the word
+    embeddings at 0). Instance-level ensembles and generated prompts read it (as they read
+    the BERT encoder's `embed`)."""
+    clm.check_entry_layer(self.config, entry_layer)
+
+    def f(params, ids, mask, lower=None):
+      m = jnp.asarray(mask, bool)
+      if entry_layer == 0:
+        h = bert.word_embeddings(self.family.word_embeddings(params), ids)
+      else:
+        h = (lower if lower is not None else clm.lower(self.family, self.config, params, ids,
+                                                       m, entry_layer))["h"]
+      return bert.pool(h.astype(jnp.float32), m, "mean", False)
+    return f
+
+
+def _check_prefix_positions(pp: str) -> str:
+  if pp not in clm.PREFIX_POSITIONS:
+    raise ValueError(f"prefix_positions must be one of {clm.PREFIX_POSITIONS}, got {pp!r}")
+  return pp
 
 
 def _check_ids(ids, mask, vocab: int):
@@ -258,25 +303,25 @@ def _compiled(family_name, config, insert_at, what, static):
   import importlib
   family = importlib.import_module(family_name)
   kw = dict(static)
-  pp = kw.pop("prefix_positions", "after")
-  if pp not in clm.PREFIX_POSITIONS:
-    raise ValueError(f"prefix_positions must be one of {clm.PREFIX_POSITIONS}, got {pp!r}")
+  pp = _check_prefix_positions(kw.pop("prefix_positions", "after"))
+  entry = clm.check_entry_layer(config, kw.pop("entry_layer", 0))
 
   if what in ("hidden", "logits"):
     def fn(params, ids, mask, tokens, prefix):
-      x, m = clm.embeddings(family, config, params, ids, mask, tokens, insert_at)
-      out = clm.forward(family, config, params, x, m, prefix=prefix, prefix_positions=pp,
+      out = clm.forward(family, config, params, ids, mask, tokens=tokens, insert_at=insert_at,
+                        prefix=prefix, prefix_positions=pp, entry_layer=entry,
                         return_layers=kw.get("return_layers", False))
       return family.head(config, params, out) if what == "logits" else out
   elif what == "generate":
     def fn(params, ids, mask, tokens, prefix, key):
       return gen.generate(family, config, params, ids, mask, tokens=tokens, prefix=prefix,
-                          insert_at=insert_at, prefix_positions=pp, key=key, **kw)
+                          insert_at=insert_at, prefix_positions=pp, key=key,
+                          entry_layer=entry, **kw)
   elif what == "score":
     def fn(params, ids, mask, label_ids, label_mask, tokens, prefix):
       per_token = scoring.label_log_likelihoods(
           family, config, params, ids, mask, label_ids, label_mask, tokens=tokens,
-          prefix=prefix, insert_at=insert_at, prefix_positions=pp)
+          prefix=prefix, insert_at=insert_at, prefix_positions=pp, entry_layer=entry)
       return scoring.reduce(per_token, label_mask, kw["normalize"])
   else:
     raise AssertionError(what)

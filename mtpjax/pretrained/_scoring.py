@@ -18,7 +18,8 @@ NORMALIZATIONS = ("sum", "mean")
 
 def label_log_likelihoods(family, config, params, ids, mask, label_ids, label_mask, *,
                           tokens=None, prefix=None, insert_at: int = 0,
-                          prefix_positions: str = "after", cache_dtype=None):
+                          prefix_positions: str = "after", cache_dtype=None,
+                          entry_layer: int = 0, lower=None):
   """log p(label | context) per token [n, K, Tl] for right-padded contexts ids [n, S] and K
   candidate labels label_ids [K, Tl] (right-padded, label_mask [K, Tl]); 0 at padding.
 
@@ -29,7 +30,8 @@ def label_log_likelihoods(family, config, params, ids, mask, label_ids, label_ma
   tl = label_ids.shape[1]
   cache, lengths, last, dtype = clm.prefill(
       family, config, params, ids, mask, extra=tl, tokens=tokens, prefix=prefix,
-      insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype)
+      insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype,
+      entry_layer=entry_layer, lower=lower)
   n = lengths.shape[0]
   first = jax.nn.log_softmax(family.head(config, params, last), axis=-1)         # [n, V]
   table = family.word_embeddings(params)
