@@ -5,8 +5,11 @@ or a llama.cpp `.gguf` file and returns, by the checkpoint's family:
   - BERT and RoBERTa (model_type "bert", "roberta"): a `Pretrained` encoder (sentence
     embeddings; `logits` of the masked-LM head where the checkpoint has one);
   - Llama, Mistral, Qwen2, SmolLM ("llama", "mistral", "qwen2", GGUF "llama") and GPT-2
-    ("gpt2"): a `CausalLM` (`tokenize`, `logits`, `generate` with a KV cache, `score`).
-Both take prompts ({"tokens": ...} and {"prefix": ...}) through the same calls.
+    ("gpt2"): a `CausalLM` (`tokenize`, `logits`, `generate` with a KV cache, `score`);
+  - EfficientNet and ResNet (timm), ResNet, ViT and DINOv2 (transformers): a `VisionModel`
+    (`features`, `logits`, `lower_states`, `net` for mj.compose; `preprocess`).
+All take prompts as dicts ({"tokens": ...}, {"prefix": ...}; images also {"pixels": ...},
+{"film": ...}, {"deep": ...}) through the same calls.
 
 The examples are skipped: they need the checkpoints in ../shared/data, and
 tests/test_pretrained.py and tests/test_language_models.py run the same calls against them.
@@ -28,10 +31,11 @@ from mtpjax.pretrained._language_model import CausalLM
 from mtpjax.pretrained._llama import LlamaConfig
 from mtpjax.pretrained._load import (ENCODE_BATCH, SUPPORTED_MODEL_TYPES, Pretrained, Tokenizer,
                                     encode, encoder, load, lower_states, token_embeddings)
+from mtpjax.pretrained._vision_model import VisionModel, preprocess
 from mtpjax.pretrained._scoring import (soft_verbalizer, soft_verbalizer_logits,
                                        verbalizer_logits)
 
 __all__ = ["BertConfig", "CausalLM", "ENCODE_BATCH", "GPT2Config", "LlamaConfig", "Pretrained",
-           "SUPPORTED_MODEL_TYPES", "Tokenizer", "encode", "encoder", "in_context", "init_params", "load",
-           "lower_states", "soft_verbalizer", "soft_verbalizer_logits", "token_embeddings",
-           "verbalizer_logits"]
+           "SUPPORTED_MODEL_TYPES", "Tokenizer", "VisionModel", "encode", "encoder", "in_context",
+           "init_params", "load", "lower_states", "preprocess", "soft_verbalizer", "soft_verbalizer_logits",
+           "token_embeddings", "verbalizer_logits"]

@@ -23,11 +23,13 @@ from mtpjax.pretrained import _gguf as gguf_file
 from mtpjax.pretrained import _gpt2 as gpt2
 from mtpjax.pretrained import _language_model as language_model
 from mtpjax.pretrained import _llama as llama
+from mtpjax.pretrained import _vision_model as vision_model
 from mtpjax.nn import _compose as nets
 
 DECODER_FAMILIES = {**{t: llama for t in llama.MODEL_TYPES}, **{t: gpt2 for t in gpt2.MODEL_TYPES}}
 ENCODER_MODEL_TYPES = ("bert", "roberta")
-SUPPORTED_MODEL_TYPES = ENCODER_MODEL_TYPES + tuple(DECODER_FAMILIES)
+SUPPORTED_MODEL_TYPES = (ENCODER_MODEL_TYPES + tuple(DECODER_FAMILIES)
+                         + vision_model.HF_VISION_TYPES)
 # encode's default batch size; each batch is padded to the bucket of its longest text (see
 # _bucket): a few compiled shapes, and most batches far shorter than max_len.
 ENCODE_BATCH = 64
@@ -414,21 +416,24 @@ def _pooling_settings(path: str):
 
 
 def load(path: Union[str, os.PathLike], *, dtype=None
-         ) -> Union[Pretrained, "language_model.CausalLM"]:
-  """Loads a local Hugging Face checkpoint directory or a llama.cpp GGUF file (no PyTorch,
-  no network).
+         ) -> Union[Pretrained, "language_model.CausalLM", "vision_model.VisionModel"]:
+  """Loads a local Hugging Face or timm checkpoint directory or a llama.cpp GGUF file (no
+  PyTorch, no network).
 
   Args:
     path: a directory with config.json, model.safetensors (or an index and shards) and
       tokenizer.json or vocab.txt; sentence-transformers' modules.json / 1_Pooling /
       sentence_bert_config.json set the pooling, normalisation and default max length. Or a
       `.gguf` file of architecture llama (its tokenizer: tokenizer.json beside it, else the
-      file's own vocabulary).
+      file's own vocabulary). Vision: a transformers directory (model_type vit, dinov2,
+      resnet) or a timm one (config.json with `architecture` tf_efficientnet_*,
+      efficientnet_*, resnet<depth>, and its pretrained_cfg).
     dtype: decoders only: the weights' dtype (e.g. jnp.bfloat16); None keeps float32.
 
   Returns:
     For BERT and RoBERTa, Pretrained(encoder, params, tokenizer, config, pooling, normalize,
-    max_len, path, mlm); for decoders (llama, mistral, qwen2, gpt2, GGUF), a CausalLM.
+    max_len, path, mlm); for decoders (llama, mistral, qwen2, gpt2, GGUF), a CausalLM; for
+    vision backbones a VisionModel (features, logits, prompts, lower_states, net).
 
   (Skipped: it needs the checkpoint in ../shared/data; tests/test_pretrained.py runs it.)
 
@@ -447,6 +452,12 @@ def load(path: Union[str, os.PathLike], *, dtype=None
     raise ValueError(f"load: {path} has no config.json, so the architecture is unknown")
   raw = _read_json(cfg_path, "load")
   model_type = raw.get("model_type")
+  if vision_model.is_timm(raw) or model_type in vision_model.HF_VISION_TYPES:
+    if dtype is not None:
+      raise ValueError("load: dtype applies to decoders; vision models load in float32")
+    if vision_model.is_timm(raw):
+      vision_model._timm_family(raw["architecture"])  # unsupported architectures: say so first
+    return vision_model.load_vision(path, raw, _read_weights(path), _tensor_getter)
   if model_type not in SUPPORTED_MODEL_TYPES:
     raise ValueError(f"load: model_type {model_type!r} in {cfg_path} is not supported; "
                      f"supported: {list(SUPPORTED_MODEL_TYPES)}")
