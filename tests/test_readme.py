@@ -38,7 +38,7 @@ def run_block(page, i, capsys) -> dict:
 
 # The blocks whose results the tests below check; every other block must run and print.
 CHECKED = {("README.md", 0), ("docs/guides/prompts.md", 0), ("docs/guides/pretrained.md", 0),
-           ("docs/guides/pretrained.md", 1),
+           ("docs/guides/pretrained.md", 1), ("docs/guides/pretrained.md", 2),
            ("docs/guides/multitask.md", 0), ("docs/guides/multitask.md", 1)}
 
 
@@ -91,6 +91,18 @@ def test_language_model_guide_example_generates_scores_and_tunes(capsys):
   assert lm.generate_text(["The capital of France is"], max_new_tokens=3)[0].startswith(" Paris")
   np.testing.assert_array_equal(lm.score(contexts, labels).argmax(axis=1), [0, 1])
   assert float(namespace["loss"](namespace["soft"])) < float(namespace["value"])  # one step helps
+
+
+def test_vision_guide_example_classifies_and_tunes_pad_and_film_prompts(capsys):
+  data = env.data_dir()
+  if not os.path.isdir(os.path.join(data, "efficientnet-lite0")):
+    pytest.skip(f"efficientnet-lite0 is not under {data}")
+  namespace = run_block("docs/guides/pretrained.md", 2, capsys)
+  assert list(namespace["top5"]) == [400, 667, 652, 887, 906]  # timm's
+  assert set(namespace["results"]) == {0, 5}
+  for before, after in namespace["results"].values():  # three Adam steps lower each loss
+    assert after < before
+  assert namespace["m"].width == 1280
 
 
 def test_balancing_guide_example_runs(capsys):
