@@ -412,3 +412,37 @@ def test_efficientnet_lite0_matches_timm():
   top5 = list(np.argsort(-m.logits(z["r224.pixel_values"].transpose(0, 2, 3, 1))[5])[:5])
   assert top5 == list(np.argsort(-z["r224.logits"][5])[:5]) == [400, 667, 652, 887, 906]
   assert meta  # the reference's own description is present
+
+
+@pytest.mark.parametrize("head", ["prototypes", "proto_maml"])
+def test_few_shot_heads_meta_learn_a_late_prompt_with_cached_lower_stages(written, head):
+  m = mj.pretrained.load(written["resnet"])
+  model = mj.compose(m.net(entry_layer=3), None, prompts.film(m.stage_channels(3)))
+  rng = np.random.default_rng(9)
+
+  def task():
+    x = jnp.asarray(rng.standard_normal((12, 32, 32, 3)), jnp.float32)
+    y = jnp.asarray(np.arange(12) % 3)
+    return mj.Episode(mj.Batch(x[:6], y[:6]), mj.Batch(x[6:], y[6:]))
+
+  tasks = jax.tree.map(lambda *a: jnp.stack(a), task(), task())
+  if head == "prototypes":
+    h = mj.prototype_classifier(model, 3, learn_scale=True)
+    algo = mj.get_algorithm("prompt_maml", outer=("prompt", "head"))
+  else:
+    h = mj.proto_maml(model, 3)
+    algo = mj.get_algorithm("maml", fast=("prompt", "head"), outer=("prompt",), reset=("head",))
+  params = h.init(jax.random.key(0), tasks.support.x[0])
+  out = []
+  for prepare in (model.prepare, None):  # the stages below the prompt once, or every time
+    learner = mj.meta_learner(h.loss_fn, optax.sgd(0.1), algorithm=algo, inner_steps=1,
+                              inner_lr=0.5, meta_batch_size=2, task_repr=h.task_repr,
+                              prepare=prepare, donate=False)
+    state = learner.init(params, key=jax.random.key(1))
+    for _ in range(2):
+      state, metrics = learner.step(state, tasks)
+    assert np.isfinite(float(metrics["loss"]))
+    out.append(state.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *out)
+  assert not np.array_equal(out[0][mj.PROMPT], params[mj.PROMPT])
+  jax.tree.map(np.testing.assert_array_equal, out[0][mj.SHARED], params[mj.SHARED])
