@@ -271,8 +271,6 @@ def preprocess(images, settings: dict, *, size: Optional[int] = None):
 
 # --- Loading ------------------------------------------------------------------------------------
 
-TIMM_FAMILIES = {"tf_efficientnet": efficientnet, "efficientnet": efficientnet,
-                 "resnet": resnet}
 HF_VISION_TYPES = ("vit", "dinov2", "resnet")
 
 

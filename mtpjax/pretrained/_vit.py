@@ -171,7 +171,8 @@ def from_hf(config: ViTConfig, get) -> dict:
 # --- The computation ---------------------------------------------------------------------------
 
 def _dense(p, x):
-  return x @ p["kernel"] + bert._lead(p["bias"], x @ p["kernel"])
+  y = x @ p["kernel"]
+  return y + bert._lead(p["bias"], y)
 
 
 def _cubic_weights(t, a=-0.75):

@@ -50,19 +50,23 @@ def pad(height: int, width: int, border: int, *, channels: int = 3,
   return Prompt(init, apply)
 
 
+def _one_array(name: str, shape, init_scale: float, shared: bool) -> Prompt:
+  """A prompt that is one learned array, given to the backbone as {name: array}."""
+  def init(key):
+    p = _normal(key, shape, init_scale)
+    return (p, None) if shared else (None, p)
+
+  def apply(shared_p, task, **_):
+    return {name: shared_p if shared else task}
+
+  return Prompt(init, apply)
+
+
 def pixels(height: int, width: int, *, channels: int = 3, init_scale: float = 0.0,
            shared: bool = False) -> Prompt:
   """A learned full-image perturbation [height, width, C] added to the image."""
   _check_size("pixel prompt", height=height, width=width, channels=channels)
-
-  def init(key):
-    p = _normal(key, (height, width, channels), init_scale)
-    return (p, None) if shared else (None, p)
-
-  def apply(shared_p, task, **_):
-    return {"pixels": shared_p if shared else task}
-
-  return Prompt(init, apply)
+  return _one_array("pixels", (height, width, channels), init_scale, shared)
 
 
 def film(channels: int, *, init_scale: float = 0.0, shared: bool = False) -> Prompt:
@@ -70,15 +74,7 @@ def film(channels: int, *, init_scale: float = 0.0, shared: bool = False) -> Pro
   shift (FiLM; CAVIA's context on a pretrained backbone). channels: what the model's
   stage_channels(entry_layer) says."""
   _check_size("FiLM prompt", channels=channels)
-
-  def init(key):
-    p = _normal(key, (2, channels), init_scale)
-    return (p, None) if shared else (None, p)
-
-  def apply(shared_p, task, **_):
-    return {"film": shared_p if shared else task}
-
-  return Prompt(init, apply)
+  return _one_array("film", (2, channels), init_scale, shared)
 
 
 def vpt_deep(length: int, width: int, layers: int, *, init_scale: float = 0.02,
@@ -86,12 +82,4 @@ def vpt_deep(length: int, width: int, layers: int, *, init_scale: float = 0.02,
   """VPT-deep (Jia et al. 2022): fresh prompt tokens [layers, length, width] in every ViT
   layer from the entry layer on, each layer's replacing what the layer below left there."""
   _check_size("VPT-deep prompt", length=length, width=width, layers=layers)
-
-  def init(key):
-    p = _normal(key, (layers, length, width), init_scale)
-    return (p, None) if shared else (None, p)
-
-  def apply(shared_p, task, **_):
-    return {"deep": shared_p if shared else task}
-
-  return Prompt(init, apply)
+  return _one_array("deep", (layers, length, width), init_scale, shared)
