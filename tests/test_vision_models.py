@@ -206,6 +206,26 @@ def test_tf_same_padding_puts_the_smaller_half_first(written):
   assert m.features(np.zeros((1, 33, 33, 3), np.float32)).shape == (1, 24)  # odd sizes run
 
 
+def test_the_cpu_depthwise_and_1x1_convolutions_equal_xla_convolutions():
+  from mtpjax.pretrained import _cnn as cnn
+  rng = np.random.default_rng(10)
+  xla = lambda x, k, s, pad, groups: jax.lax.conv_general_dilated(
+      x, k, (s, s), ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  for size, k, s, pad in ((9, 3, 1, "SAME"), (9, 3, 2, "SAME"), (10, 5, 2, "SAME"),
+                          (11, 5, 1, 2), (8, 3, 2, 1)):
+    x = jnp.asarray(rng.standard_normal((2, size, size, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, 1, 4)), jnp.float32)
+    np.testing.assert_allclose(cnn.depthwise(x, kernel, s, pad), xla(x, kernel, s, pad, 4),
+                               atol=1e-5)
+    g = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 2))(x)
+    np.testing.assert_allclose(g(lambda x: cnn.depthwise(x, kernel, s, pad)),
+                               g(lambda x: xla(x, kernel, s, pad, 4)), atol=1e-4)
+    point = jnp.asarray(rng.standard_normal((1, 1, 4, 3)), jnp.float32)
+    np.testing.assert_allclose(cnn.conv(x, point, s, "SAME"), xla(x, point, s, "SAME", 1),
+                               atol=1e-5)
+
+
 # --- Prompts ---------------------------------------------------------------------------------
 
 def _images(n=4, size=16, seed=6):
