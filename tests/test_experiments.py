@@ -173,6 +173,38 @@ def test_sigkill_and_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pat
   assert logged == list(range(20, 401, 20))
 
 
+@pytest.mark.parametrize("where", ["log_row", "write_row"])
+def test_a_ctrl_c_between_a_log_step_and_its_row_loses_no_row(tmp_path, monkeypatch, where):
+  # Ctrl-C while the host waits for a log step's metrics (log_row) or while its row is being
+  # written: the checkpoint is of that step, so the row must be in the log before it.
+  from experiments._lib import guards, loop
+  real = getattr(loop._Loop, where)
+  calls = []
+
+  def interrupt_once_at_step_20(step):
+    if step == 20 and not calls:
+      calls.append(step)
+      raise KeyboardInterrupt
+
+  def log_row(self, window, step, speed, state):
+    interrupt_once_at_step_20(step)
+    return real(self, window, step, speed, state)
+
+  def write_row(row, mfile, history):
+    interrupt_once_at_step_20(row["step"])
+    return real(row, mfile, history)
+
+  monkeypatch.setattr(loop._Loop, where,
+                      log_row if where == "log_row" else staticmethod(write_row))
+  with pytest.raises(guards.Interrupted) as e:
+    run(tmp_path, num_steps=40, log_every=10, checkpoint_every=30)
+  assert e.value.step == 20 and calls == [20]
+  assert os.path.isdir(tmp_path / "checkpoints" / "20")
+  run(tmp_path, num_steps=40, log_every=10, checkpoint_every=30)
+  logged = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert logged == [10, 20, 30, 40]
+
+
 def test_resume_with_a_different_config_is_an_error_unless_overridden(tmp_path):
   first = run(tmp_path, num_steps=20)
   config = tiny_config(num_steps=30, inner_lr=0.02)

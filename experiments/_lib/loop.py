@@ -237,9 +237,10 @@ class _Loop:
           # step (or num_steps).
           n = min(per_call, _next_multiple(step, config.log_every) - step,
                   _next_multiple(step, config.checkpoint_every) - step, num_steps - step)
-          state, metrics = self.learner.run(state, n)
-          step += n
-          window.append(metrics)
+          new_state, metrics = self.learner.run(state, n)
+          with _interrupts_deferred():  # state, step and window move together
+            state, step = new_state, step + n
+            window.append(metrics)
           if t0 is None:  # the first call in this process compiles: time the rest
             jax.block_until_ready(metrics)
             t0, t_log, steps_at_t0, window_steps = (time.perf_counter(), time.perf_counter(),
@@ -254,9 +255,7 @@ class _Loop:
             busy = now - t_log - (self.compiled["seconds"] - compiled_log)
             speed = window_steps / max(busy, 1e-9) if step > steps_at_t0 else None
             row = self.log_row(window, step, speed, state)
-            mfile.write(json.dumps(row) + "\n")
-            mfile.flush()
-            history.append(row)
+            self.write_row(row, mfile, history)
             self.check(row, state, history)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             bar.update(step - bar.n)
@@ -272,10 +271,26 @@ class _Loop:
             self.save(state)
     except KeyboardInterrupt:
       bar.close()
+      # Interrupted after a log step's call but before its row was written: the checkpoint
+      # about to be saved is of that step, and a resumed run starts after it, so its row is
+      # written now (without a speed) or the log would miss it for good.
+      logged = history[-1]["step"] if history else None
+      if window and logged != step and (step % config.log_every == 0 or step == num_steps):
+        with contextlib.suppress(Exception, KeyboardInterrupt), open(
+            metrics_path if primary else os.devnull, "a") as mfile:
+          self.write_row(self.log_row(window, step, None, state), mfile, history)
       raise guards.Interrupted(step, self.save_if_possible(state)) from None
     bar.close()
     self.timing["compile_seconds"] = self.compile_before + self.compiled["seconds"]
     return state, time.perf_counter() - t_wall
+
+  @staticmethod
+  def write_row(row, mfile, history):
+    """Appends a log row to the file and the history, together or not at all."""
+    with _interrupts_deferred():
+      mfile.write(json.dumps(row) + "\n")
+      mfile.flush()
+      history.append(row)
 
   def save_if_possible(self, state) -> Optional[str]:
     """The checkpoint directory holding `state` after an interrupt, or None: a state whose
