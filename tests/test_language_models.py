@@ -350,7 +350,7 @@ def test_generated_and_instance_ensembled_prompts_steer_the_decoder(lm):
   ids, mask = (jnp.asarray(a) for a in lm.tokenize(SENTENCES[:4]))
   label_ids, label_mask = (jnp.asarray(a) for a in lm.label_ids(["balance", "alarm"]))
   y = jnp.asarray([0, 1, 0, 1])
-  f, embed = lm.scores_fn(normalize="mean"), lm.embed_fn()
+  f, embed = jax.jit(lm.scores_fn(normalize="mean")), lm.embed_fn()
   rep = embed(lm.params, ids, mask)                                              # [n, d]
   # The representation is the mean word embedding over each text's real tokens.
   table = lm.token_embeddings()
@@ -371,7 +371,7 @@ def test_generated_and_instance_ensembled_prompts_steer_the_decoder(lm):
       np.testing.assert_allclose(
           f(lm.params, ids, mask, label_ids, label_mask, {"tokens": tokens})[1], alone[0],
           atol=1e-5)
-    grads = jax.grad(loss)(shared, task)
+    grads = jax.jit(jax.grad(loss))(shared, task)
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 
@@ -419,8 +419,8 @@ def test_the_gradient_of_a_label_score_in_the_soft_prompt_matches_finite_differe
     rng = np.random.default_rng(3)
     soft = jnp.asarray(0.3 * rng.standard_normal((2, lm.width)))
     direction = jnp.asarray(rng.standard_normal((2, lm.width)))
-    loss = lambda s: f(params, ids, mask, label_ids, label_mask, {"tokens": s})[:, 0].sum()
-    analytic = jnp.vdot(jax.grad(loss)(soft), direction)
+    loss = jax.jit(lambda s: f(params, ids, mask, label_ids, label_mask, {"tokens": s})[:, 0].sum())
+    analytic = jnp.vdot(jax.jit(jax.grad(loss))(soft), direction)
     eps = 1e-5
     numeric = (loss(soft + eps * direction) - loss(soft - eps * direction)) / (2 * eps)
     np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)

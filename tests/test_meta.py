@@ -313,3 +313,43 @@ def test_reset_roles_are_checked():
   learner = mj.meta_learner(loss_fn, optax.sgd(0.1), algorithm=algo, inner_steps=1)
   with pytest.raises(ValueError, match="meta-learns nothing"):
     learner.init(params, key=jax.random.key(0))
+
+
+def test_a_samplers_table_is_an_argument_of_the_compiled_step_not_a_constant(monkeypatch):
+  # Closed over, a sampler's table would be baked into every executable (a copy each, and
+  # constant folding at compile time); hoisted, the step reads it as an argument.
+  from mtpjax._src import hoist, trainer as trainer_lib
+  table = np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32)
+  family = mj.tasks.text.episodes(np.zeros((300, 1), np.int32), np.arange(300) % 10, ways=5,
+                                  shots=1, queries=1, features={"h": table})
+  constant = "stablehlo.constant dense<"
+  shape = "tensor<300x64xf32>"
+
+  def baked(text):
+    return any(constant in line and shape in line for line in text.splitlines())
+
+  key = jax.random.key(0)
+  data, draw = hoist.hoist(family.sample)
+  assert baked(jax.jit(family.sample).lower(key).as_text())  # the check can fail
+  assert not baked(jax.jit(draw).lower(data, key).as_text())
+  assert bool(jnp.all(draw(data, key).query.x["h"] == family.sample(key).query.x["h"]))
+
+  seen = {}
+  real = trainer_lib.compile_step
+
+  def spy(step, **kw):
+    seen.update(step=step, data=kw["data"])
+    return real(step, **kw)
+
+  monkeypatch.setattr(trainer_lib, "compile_step", spy)
+  head = mj.linear_head(5)
+  loss = lambda p, batch: mj.cross_entropy(head.apply(p[mj.HEAD], batch[0]["h"]), batch[1])
+  learner = mj.meta_learner(loss, optax.adam(1e-3), inner_steps=1, inner_lr=0.1,
+                            meta_batch_size=2, sample=family.sample)
+  params = {mj.HEAD: head.init(key, jnp.zeros((1, 64)))}
+  state = learner.init(params, key=key)
+  assert any(a.shape == table.shape for a in seen["data"])
+  text = jax.jit(seen["step"]).lower(state, None, seen["data"]).as_text()
+  assert "gather" in text and not baked(text)
+  state, metrics = learner.run(state, 2)
+  assert np.isfinite(float(metrics["loss"][-1]))

@@ -124,3 +124,37 @@ def test_multitask_trainer_guide_example_trains_every_task(capsys):
   assert all(leaf.shape[0] == 3 for leaf in leaves)            # one head per task
   first = jax.tree.leaves(namespace["params"]["head"])
   assert all(not np.allclose(a, b) for a, b in zip(leaves, first))  # every head trained
+
+
+def _tables(text: str) -> list:
+  """Every markdown table of a page as a list of {header: cell} rows (the first column
+  under each header name; bold marks dropped)."""
+  tables, lines = [], text.splitlines() + [""]
+  for i, line in enumerate(lines):
+    if line.startswith("|") and lines[i + 1].startswith("|---") and not (
+        i and lines[i - 1].startswith("|")):
+      header = [c.strip() for c in line.strip("|").split("|")]
+      rows, j = [], i + 2
+      while lines[j].startswith("|"):
+        cells = [c.strip().replace("**", "") for c in lines[j].strip("|").split("|")]
+        rows.append({h: c for h, c in reversed(list(zip(header, cells)))})
+        j += 1
+      tables.append(rows)
+  return tables
+
+
+@pytest.mark.parametrize("readme", sorted(glob.glob(os.path.join(ROOT, "experiments", "*",
+                                                                 "README.md"))))
+def test_an_experiment_readme_table_repeats_its_docs_page_exactly(readme):
+  # The headline table beside an experiment is a cut of its docs page's table: every row's
+  # cells must be those of a row of the page, so the two cannot drift apart.
+  text = open(readme).read()
+  pages = set(re.findall(r"\]\((\.\./\.\./docs/results/[^)#]+)(?:#[^)]*)?\)", text))
+  assert pages, f"{readme} links no docs/results page"
+  docs_rows = [row for page in pages
+               for table in _tables(open(os.path.join(os.path.dirname(readme), page)).read())
+               for row in table]
+  for table in _tables(text):
+    for row in table:
+      assert any(all(d.get(h) == c for h, c in row.items()) for d in docs_rows), (
+          f"{os.path.relpath(readme, ROOT)}: no row of {sorted(pages)} reads {row}")

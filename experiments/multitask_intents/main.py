@@ -201,6 +201,33 @@ def distillation_rows(stages: _Stages, params):
   return rows
 
 
+def _initial_params(model, head, prompt, x, T, single, key):
+  """The encoder (S) and shared prompt (PS) of one init; per-domain prompts (P, zeros) and
+  heads (H, drawn) stacked [T, ...]; under single_task every domain's own shared prompt too,
+  drawn as the multi-task one is."""
+  base = model.init(key, x)
+  d = base[PS].shape[-1]
+  k_head, k_ps = jax.random.split(jax.random.fold_in(key, 1))
+  params = {S: base[S], PS: base[PS],
+            P: jnp.zeros((T,) + base[P].shape, base[P].dtype),
+            H: jax.vmap(lambda k: head.init(k, jnp.zeros((2, d))))(jax.random.split(k_head, T))}
+  if single:
+    params[PS] = jax.vmap(lambda k: prompt.init(k)[0])(jax.random.split(k_ps, T))
+  return params
+
+
+def _scorer(predict, batch_size, ways):
+  """scores(params, x, y): accuracy and macro-F1 of predict's argmax, in batches."""
+  def scores(p, x, y):
+    preds = []
+    for i in range(0, len(y), batch_size):
+      chunk = jax.tree.map(lambda a: jnp.asarray(a[i:i + batch_size]), x)
+      preds.append(np.asarray(jnp.argmax(predict(p, chunk), -1)))
+    cm = mj.mtl.confusion_matrix(jnp.asarray(np.concatenate(preds)), jnp.asarray(y), ways)
+    return mj.mtl.classification_metrics(cm)
+  return scores
+
+
 def build(config, optimizer) -> _lib.Experiment:
   """Per-domain prompts and heads on the frozen encoder, trained by config.method; then the
   aggregation and distillation stages at evaluation (see the module docstring)."""
@@ -218,15 +245,9 @@ def build(config, optimizer) -> _lib.Experiment:
   head = mj.linear_head(ways)
   model = mj.compose(enc.net(entry_layer=config.entry_layer), head, prompt)
   key = jax.random.key(config.seed)
-  base = model.init(key, data.train_x["ids"][0, :2])
   single = config.method == "single_task"
   per_task = (H, P, PS) if single else (H, P)
-  k_head, k_ps = jax.random.split(jax.random.fold_in(key, 1))
-  params = {S: base[S], PS: base[PS],
-            P: jnp.zeros((T,) + base[P].shape, base[P].dtype),
-            H: jax.vmap(lambda k: head.init(k, jnp.zeros((2, d))))(jax.random.split(k_head, T))}
-  if single:  # every domain its own shared part too, drawn as the multi-task one is
-    params[PS] = jax.vmap(lambda k: prompt.init(k)[0])(jax.random.split(k_ps, T))
+  params = _initial_params(model, head, prompt, data.train_x["ids"][0, :2], T, single, key)
 
   def loss_fn(p, batch):
     x, y = batch
@@ -245,16 +266,7 @@ def build(config, optimizer) -> _lib.Experiment:
                                      per_task=per_task, frozen=(S,),
                                      sample=lambda k: draw(k, (data.train_x, data.train_y)),
                                      mesh=mesh)
-  predict = jax.jit(model.apply)
-
-  def scores(p, x, y):
-    preds = []
-    for i in range(0, len(y), config.eval_batch_size):
-      chunk = jax.tree.map(lambda a: jnp.asarray(a[i:i + config.eval_batch_size]), x)
-      preds.append(np.asarray(jnp.argmax(predict(p, chunk), -1)))
-    cm = mj.mtl.confusion_matrix(jnp.asarray(np.concatenate(preds)), jnp.asarray(y), ways)
-    return mj.mtl.classification_metrics(cm)
-
+  scores = _scorer(jax.jit(model.apply), config.eval_batch_size, ways)
   stages = _Stages(config, sets, featurize, data, model, loss_fn, trainer, draw, scores, single,
                    key)
 

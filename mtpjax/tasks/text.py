@@ -189,52 +189,30 @@ def load_jsonl(path: str, *, exclude: Sequence[str] = ("oos",),
   dropped = 0
   first_kind = None       # (field, line) of the first labelled line: "intent" or "label"
   with_domain, without_domain = [], []  # line numbers, for a mixed presence of "domain"
-  with open(path, "rb") as f:
-    for number, raw in enumerate(f, start=1):
-      where = f"{path}, line {number}"
-      try:
-        line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-      except UnicodeDecodeError:
-        raise ValueError(f"load_jsonl: {where} is not UTF-8") from None
-      if not line:
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"load_jsonl: {where} is not JSON: {e}") from None
-      if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-        raise ValueError(f"load_jsonl: {where} needs a string field 'text'")
-      kind = "intent" if "intent" in row else "label"
-      if first_kind is None:
-        first_kind = (kind, number)
-      elif kind != first_kind[0]:
-        raise ValueError(f"load_jsonl: {where} labels its class with {kind!r}, but line "
-                         f"{first_kind[1]} with {first_kind[0]!r}; use one field in a file "
-                         f"(1 and \"1\" would become two classes both named '1')")
-      (with_domain if "domain" in row else without_domain).append(number)
-      if "intent" in row:
-        name = row["intent"]
-        if not isinstance(name, str):
-          raise ValueError(f"load_jsonl: {where}: 'intent' must be a string, got {name!r}")
-      elif isinstance(row.get("label"), int) and not isinstance(row.get("label"), bool):
-        if row["label"] < 0:
-          dropped += 1
-          continue
-        name = row["label"]
-      else:
-        raise ValueError(f"load_jsonl: {where} needs 'intent' (a class name) or an integer "
-                         f"'label'")
-      if splits is not None and row.get("split") not in splits:
-        continue
-      if name in exclude:
-        dropped += 1
-        continue
-      texts.append(row["text"])
-      names.append(name)
-      if "domain" in row:
-        if domains.setdefault(name, row["domain"]) != row["domain"]:
-          raise ValueError(f"load_jsonl: {where}: class {name!r} is in domain "
-                           f"{row['domain']!r} here and {domains[name]!r} before")
+  for number, where, row in _jsonl_rows(path):
+    kind = "intent" if "intent" in row else "label"
+    if first_kind is None:
+      first_kind = (kind, number)
+    elif kind != first_kind[0]:
+      raise ValueError(f"load_jsonl: {where} labels its class with {kind!r}, but line "
+                       f"{first_kind[1]} with {first_kind[0]!r}; use one field in a file "
+                       f"(1 and \"1\" would become two classes both named '1')")
+    (with_domain if "domain" in row else without_domain).append(number)
+    name = _class_name(row, where)
+    if name is None:  # a negative integer label
+      dropped += 1
+      continue
+    if splits is not None and row.get("split") not in splits:
+      continue
+    if name in exclude:
+      dropped += 1
+      continue
+    texts.append(row["text"])
+    names.append(name)
+    if "domain" in row:
+      if domains.setdefault(name, row["domain"]) != row["domain"]:
+        raise ValueError(f"load_jsonl: {where}: class {name!r} is in domain "
+                         f"{row['domain']!r} here and {domains[name]!r} before")
   if with_domain and without_domain:
     few, many = sorted((with_domain, without_domain), key=len)
     field = "has" if few is with_domain else "lacks"
@@ -252,6 +230,40 @@ def load_jsonl(path: str, *, exclude: Sequence[str] = ("oos",),
   labels = np.array([index[n] for n in names], np.int32)
   groups = [domains.get(c) for c in classes] if len(domains) == len(classes) else None
   return TextSet(texts, labels, [str(c) for c in classes], groups)
+
+
+def _jsonl_rows(path: str):
+  """(line number, "PATH, line N", object) for each non-empty line: UTF-8 (a byte-order mark
+  on line 1 skipped), JSON, an object with a string "text"; else a ValueError naming the
+  line."""
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      where = f"{path}, line {number}"
+      try:
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+      except UnicodeDecodeError:
+        raise ValueError(f"load_jsonl: {where} is not UTF-8") from None
+      if not line:
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"load_jsonl: {where} is not JSON: {e}") from None
+      if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise ValueError(f"load_jsonl: {where} needs a string field 'text'")
+      yield number, where, row
+
+
+def _class_name(row: dict, where: str):
+  """The class of a line: its "intent" string or its integer "label" (None when negative)."""
+  if "intent" in row:
+    if not isinstance(row["intent"], str):
+      raise ValueError(f"load_jsonl: {where}: 'intent' must be a string, got {row['intent']!r}")
+    return row["intent"]
+  label = row.get("label")
+  if isinstance(label, int) and not isinstance(label, bool):
+    return None if label < 0 else label
+  raise ValueError(f"load_jsonl: {where} needs 'intent' (a class name) or an integer 'label'")
 
 
 def split_by_group(textset: TextSet, splits: dict, *, what: str = "split") -> dict:
