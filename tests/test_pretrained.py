@@ -280,7 +280,10 @@ def test_length_zero_prompt_and_prefix_are_bitwise_the_plain_encoder(tiny, entry
   for ctx in ({"tokens": jnp.zeros((0, 16))}, {"prefix": jnp.zeros((depth, 2, 0, 16))},
               {"tokens": jnp.zeros((0, 16)), "prefix": jnp.zeros((depth, 2, 0, 16))}):
     np.testing.assert_array_equal(net.apply(tiny.params, ids, ctx), plain)
-  np.testing.assert_array_equal(tiny.net().apply(tiny.params, ids), plain)  # any entry layer
+  # Any entry layer: the same layers, split into two programs. Equal to float rounding, not
+  # bitwise: XLA may fuse (and contract multiply-adds) differently across the split (it does
+  # with the suite's XLA CPU setting, conftest.py).
+  np.testing.assert_allclose(tiny.net().apply(tiny.params, ids), plain, rtol=2e-6, atol=1e-7)
   assert not np.allclose(net.apply(tiny.params, ids, {"tokens": jnp.ones((2, 16))}), plain)
   assert not np.allclose(net.apply(tiny.params, ids, {"prefix": jnp.ones((depth, 2, 1, 16))}),
                          plain)

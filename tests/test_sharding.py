@@ -47,7 +47,9 @@ def test_the_sharded_meta_step_equals_the_single_device_step(algorithm):
   tasks = jax.vmap(family.sample)(jax.random.split(jax.random.key(7), TASKS))
   a, _ = one.step(s1, tasks)
   b, _ = four.step(s4, tasks)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6),
+  # Four Adam steps now: the mean over tasks sums in another order across devices, and Adam's
+  # normalisation lifts that rounding in coordinates with near-zero gradients.
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=3e-6),
                b.params, a.params)
 
 

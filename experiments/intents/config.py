@@ -193,7 +193,7 @@ def get_config(arg=None):
   c.eval_seed = 2021            # test and validation episodes depend only on this
   # Episodes per vmapped evaluation chunk; None: sized to eval_chunk_utterances.
   c.eval_batch_size = config_dict.placeholder(int, protocol["eval_batch_size"])
-  c.eval_chunk_utterances = 1000  # ... to this many utterances (memory; 5-way 1-shot: 33 episodes)
+  c.eval_chunk_utterances = 400  # ... to this many utterances (memory; 5-way 1-shot: 13 episodes)
   c.prompt = "tokens"           # tokens | prefix (keys and values in every layer from entry_layer)
   c.prompt_length = 8
   c.prompt_init = "random"      # random | vocab (hidden states of random words at entry_layer)
