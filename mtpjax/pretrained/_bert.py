@@ -48,6 +48,15 @@ ACTIVATIONS = {
 POOLINGS = ("mean", "cls", "none")
 
 
+def check_positive_fields(config, names, what: str) -> None:
+  """ValueError naming the first of `names` that is not a positive int on `config` (a
+  checkpoint's config dataclass; `what` prefixes the message)."""
+  for name in names:
+    v = getattr(config, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+      raise ValueError(f"{what}: {name} must be a positive integer, got {v!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """The fields of a Hugging Face BERT `config.json` that the computation depends on."""
@@ -68,11 +77,9 @@ class BertConfig:
   model_type: str = "bert"
 
   def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"BERT config: {name} must be a positive integer, got {v!r}")
+    check_positive_fields(self, ("vocab_size", "hidden_size", "num_hidden_layers",
+                                 "num_attention_heads", "intermediate_size",
+                                 "max_position_embeddings", "type_vocab_size"), "BERT config")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"BERT config: hidden_size {self.hidden_size} is not divisible by "
                        f"num_attention_heads {self.num_attention_heads}")

@@ -47,10 +47,8 @@ class GPT2Config:
   model_type: str = "gpt2"
 
   def __post_init__(self):
-    for name in ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"gpt2 config: {name} must be a positive integer, got {v!r}")
+    bert.check_positive_fields(self, ("vocab_size", "n_embd", "n_layer", "n_head",
+                                      "n_positions"), "gpt2 config")
     if self.n_embd % self.n_head:
       raise ValueError(f"gpt2 config: n_embd {self.n_embd} is not divisible by n_head "
                        f"{self.n_head}")

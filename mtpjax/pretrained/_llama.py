@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtpjax.nn import _attention as attention
-from mtpjax.pretrained._bert import _lead
+from mtpjax.pretrained._bert import _lead, check_positive_fields
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -58,13 +58,10 @@ class LlamaConfig:
   model_type: str = "llama"
 
   def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "intermediate_size", "head_dim",
-                 "max_position_embeddings"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"{self.model_type} config: {name} must be a positive integer, got "
-                         f"{v!r}")
+    check_positive_fields(self, ("vocab_size", "hidden_size", "num_hidden_layers",
+                                 "num_attention_heads", "num_key_value_heads",
+                                 "intermediate_size", "head_dim", "max_position_embeddings"),
+                          f"{self.model_type} config")
     if self.num_attention_heads % self.num_key_value_heads:
       raise ValueError(f"{self.model_type} config: num_attention_heads "
                        f"{self.num_attention_heads} is not a multiple of num_key_value_heads "

@@ -67,6 +67,9 @@ class ViTConfig:
     if self.model_type not in MODEL_TYPES:
       raise ValueError(f"ViTConfig: model_type must be one of {MODEL_TYPES}, got "
                        f"{self.model_type!r}")
+    bert.check_positive_fields(self, ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                      "intermediate_size", "patch_size", "image_size",
+                                      "num_channels"), self.model_type)
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"{self.model_type}: hidden_act {self.hidden_act!r} is not supported; "
                        f"supported: {sorted(ACTIVATIONS)}")
