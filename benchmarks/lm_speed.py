@@ -34,14 +34,14 @@ PEER = r'''
 import json, sys, time, os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-torch.set_num_threads(int(sys.argv[3]))
+torch.set_num_threads(int(sys.argv[2]))
 torch.manual_seed(0)
-path, rounds = sys.argv[1], int(sys.argv[2])
+path = sys.argv[1]  # one timing per line read from stdin: the driver alternates the sides
 d, f = os.path.split(path)
 tok = AutoTokenizer.from_pretrained(d)  # the tokenizer.json beside the file (mtpjax reads it too)
 model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
-prompts = json.loads(sys.argv[4])
-N, B, T, P = [int(x) for x in sys.argv[5:9]]
+prompts = json.loads(sys.argv[3])
+N, B, T, P = [int(x) for x in sys.argv[4:8]]
 tok.padding_side = "left"
 if tok.pad_token is None:
   tok.pad_token = tok.eos_token
@@ -146,7 +146,7 @@ def main():
     parser.error(f"no model at {path}")
   import jax
   peer = subprocess.Popen(
-      [args.peer_python, "-c", PEER, path, str(args.rounds), str(args.threads),
+      [args.peer_python, "-c", PEER, path, str(args.threads),
        json.dumps(PROMPTS), str(NEW_TOKENS), str(TUNE_BATCH), str(TUNE_LEN), str(SOFT_LEN)],
       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
       env={**os.environ, "TQDM_DISABLE": "1"})
