@@ -750,3 +750,38 @@ def test_in_context_demonstrations_and_a_soft_prompt_are_one_call(lm):
   assert icl.shape == both.shape == (1, 2) and not np.allclose(icl, both)
   with pytest.raises(ValueError, match="template must contain {label}"):
     mj.pretrained.in_context(["q"], support, template="{text}")
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_a_shared_context_runs_once_and_scores_as_each_joined_context(tiny, name):
+  # In-context demonstrations shared by an episode's queries: the shared part runs once and
+  # each query continues its cache; the scores are those of each whole context.
+  lm = mj.pretrained.load(tiny[name][0])
+  shared_text = "wake me: alarm\n\njazz: music\n\n"
+  queries = [f"{s}:" for s in ("my balance", "an alarm", "play it")]
+  (ids0, mask0), ids, mask = lm.shared_context(shared_text, queries)
+  real0 = list(ids0[mask0])
+  joined = [real0 + list(row[m]) for row, m in zip(ids, mask)]
+  width = max(map(len, joined))
+  j_ids = np.zeros((3, width), np.int32)
+  j_mask = np.zeros((3, width), bool)
+  for i, row in enumerate(joined):
+    j_ids[i, :len(row)], j_mask[i, :len(row)] = row, True
+  label_ids, label_mask = lm.label_ids(["alarm", "music", "weather forecast"])
+  rng = np.random.default_rng(4)
+  soft = jnp.asarray(0.3 * rng.standard_normal((2, lm.width)), jnp.float32)
+  depth = lm.config.num_hidden_layers
+  for entry_layer, prompt in ((0, None), (0, {"tokens": soft}), (1, {"tokens": soft}),
+                              (0, {"prefix": jnp.asarray(0.3 * rng.standard_normal(
+                                  (depth, 2, 2, lm.config.kv_dim)), jnp.float32)})):
+    f = jax.jit(lm.scores_fn(normalize="mean", entry_layer=entry_layer))
+    want = f(lm.params, j_ids, j_mask, label_ids, label_mask, prompt)
+    got = f(lm.params, ids, mask, label_ids, label_mask, prompt, None, (ids0, mask0))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+  # The string interface, and a padded shared part (its pad slots are overwritten).
+  np.testing.assert_allclose(lm.score(queries, ["alarm", "music", "weather forecast"],
+                                      normalize="mean", shared_context=shared_text),
+                             f(lm.params, j_ids, j_mask, label_ids, label_mask), atol=2e-5)
+  with pytest.raises(ValueError, match="one prompt"):
+    f(lm.params, ids, mask, label_ids, label_mask,
+      {"tokens": jnp.zeros((3, 2, lm.width))}, None, (ids0, mask0))

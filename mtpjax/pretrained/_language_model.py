@@ -189,35 +189,55 @@ class CausalLM(NamedTuple):
 
   def score(self, contexts: Sequence[str], labels: Sequence[str], *, label_prefix: str = " ",
             normalize: str = "sum", prompt=None, prefix_positions: str = "after",
-            entry_layer: int = 0):
+            entry_layer: int = 0, shared_context: Optional[str] = None):
     """log p(label_prefix + label | context) [n, K] float32 (numpy) for every context and
     candidate label; normalize="mean" divides by the label's token count (length-normalised
-    log-likelihood). The context runs once and its cache is shared by the candidates."""
-    ids, mask = self.tokenize(contexts)
-    ids, mask = _pad_to(ids, mask, _bucket(ids.shape[1]), self.pad_id)
+    log-likelihood). The context runs once and its cache is shared by the candidates.
+
+    shared_context: a text every context continues (an episode's demonstrations): it runs
+    once and `contexts` are the rest of each (see `shared_context` for the tokenization)."""
     label_ids, label_mask = self.label_ids(labels, prefix=label_prefix)
     tokens, prefix = _prompt_parts(prompt)
     fn = _jitted(self, "score", normalize=normalize, prefix_positions=prefix_positions,
                  entry_layer=entry_layer)
-    return np.asarray(fn(self.params, ids, mask, label_ids, label_mask, tokens, prefix))
+    if shared_context is None:
+      ids, mask = self.tokenize(contexts)
+      ids, mask = _pad_to(ids, mask, _bucket(ids.shape[1]), self.pad_id)
+      return np.asarray(fn(self.params, ids, mask, label_ids, label_mask, tokens, prefix))
+    shared, ids, mask = self.shared_context(shared_context, contexts)
+    shared = _pad_to(shared[0][None], shared[1][None], _bucket(shared[0].shape[0]), self.pad_id)
+    ids, mask = _pad_to(ids, mask, _bucket(ids.shape[1]), self.pad_id)
+    return np.asarray(fn(self.params, ids, mask, label_ids, label_mask, tokens, prefix,
+                         (shared[0][0], shared[1][0])))
+
+  def shared_context(self, shared: str, continuations: Sequence[str]):
+    """((ids [S0], mask [S0]), ids [n, T], mask [n, T]) for scores_fn's `shared`: the shared
+    text with the tokenizer's special tokens (BOS), each continuation without. The two are
+    tokenized apart, so at the seam the tokens may differ from those of the joined text
+    (end the shared text at a separator, "\n\n", where BPE merges do not cross)."""
+    ids0, mask0 = self.tokenize([shared])
+    ids, mask = self.tokenize(continuations, add_special_tokens=False)
+    return (ids0[0], mask0[0]), ids, mask
 
   # --- Pure functions (for jit, grad and meta-learning) ------------------------------------------
 
   def scores_fn(self, *, normalize: str = "sum", prefix_positions: str = "after",
                 entry_layer: int = 0):
-    """f(params, ids, mask, label_ids, label_mask, prompt=None, lower=None) -> [n, K] label
-    log-likelihoods of right-padded contexts, traceable, differentiable in the prompt (and
-    the weights). With entry_layer > 0, `lower` may hold the contexts' `lower_fn` states,
-    computed once instead of at every call."""
+    """f(params, ids, mask, label_ids, label_mask, prompt=None, lower=None, shared=None) ->
+    [n, K] label log-likelihoods of right-padded contexts, traceable, differentiable in the
+    prompt (and the weights). With entry_layer > 0, `lower` may hold the contexts' `lower_fn`
+    states, computed once instead of at every call. With shared=(ids [S0], mask [S0]) (see
+    `shared_context`), every row's context is that shared part followed by its own ids, and
+    the shared part runs once (in-context demonstrations shared by an episode's queries)."""
     clm.check_entry_layer(self.config, entry_layer)
     _check_prefix_positions(prefix_positions)
 
-    def f(params, ids, mask, label_ids, label_mask, prompt=None, lower=None):
+    def f(params, ids, mask, label_ids, label_mask, prompt=None, lower=None, shared=None):
       tokens, prefix = _prompt_parts(prompt)
       per_token = scoring.label_log_likelihoods(
           self.family, self.config, params, ids, mask, label_ids, label_mask, tokens=tokens,
           prefix=prefix, insert_at=self.insert_at, prefix_positions=prefix_positions,
-          entry_layer=entry_layer, lower=lower)
+          entry_layer=entry_layer, lower=lower, shared=shared)
       return scoring.reduce(per_token, label_mask, normalize)
     return f
 
@@ -318,10 +338,10 @@ def _compiled(family_name, config, insert_at, what, static):
                           insert_at=insert_at, prefix_positions=pp, key=key,
                           entry_layer=entry, **kw)
   elif what == "score":
-    def fn(params, ids, mask, label_ids, label_mask, tokens, prefix):
+    def fn(params, ids, mask, label_ids, label_mask, tokens, prefix, shared=None):
       per_token = scoring.label_log_likelihoods(
           family, config, params, ids, mask, label_ids, label_mask, tokens=tokens,
-          prefix=prefix, insert_at=insert_at, prefix_positions=pp, entry_layer=entry)
+          prefix=prefix, insert_at=insert_at, prefix_positions=pp, entry_layer=entry, shared=shared)
       return scoring.reduce(per_token, label_mask, kw["normalize"])
   else:
     raise AssertionError(what)

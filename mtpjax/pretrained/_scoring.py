@@ -19,19 +19,30 @@ NORMALIZATIONS = ("sum", "mean")
 def label_log_likelihoods(family, config, params, ids, mask, label_ids, label_mask, *,
                           tokens=None, prefix=None, insert_at: int = 0,
                           prefix_positions: str = "after", cache_dtype=None,
-                          entry_layer: int = 0, lower=None):
+                          entry_layer: int = 0, lower=None, shared=None):
   """log p(label | context) per token [n, K, Tl] for right-padded contexts ids [n, S] and K
   candidate labels label_ids [K, Tl] (right-padded, label_mask [K, Tl]); 0 at padding.
 
   The context and its prompt run once into the cache; each candidate then runs against a
   copy of it (lax.map over candidates, so memory holds one copy at a time). Sum over the
   last axis for a label's log-likelihood, or divide by its length for the mean.
+
+  shared: (ids [S0], mask [S0]), a context every row continues (an episode's instruction and
+  demonstrations): it runs once, with the prompt, and the rows' ids are then its
+  continuations (tokenized without special tokens), so the scores are those of each row's
+  context shared + ids at the cost of one forward of shared plus the rows.
   """
   tl = label_ids.shape[1]
-  cache, lengths, last, dtype = clm.prefill(
-      family, config, params, ids, mask, extra=tl, tokens=tokens, prefix=prefix,
-      insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype,
-      entry_layer=entry_layer, lower=lower)
+  if shared is None:
+    cache, lengths, last, dtype = clm.prefill(
+        family, config, params, ids, mask, extra=tl, tokens=tokens, prefix=prefix,
+        insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype,
+        entry_layer=entry_layer, lower=lower)
+  else:
+    cache, lengths, last, dtype = _continue_shared(
+        family, config, params, shared, ids, mask, extra=tl, tokens=tokens, prefix=prefix,
+        insert_at=insert_at, prefix_positions=prefix_positions, cache_dtype=cache_dtype,
+        entry_layer=entry_layer, lower=lower)
   n = lengths.shape[0]
   first = jax.nn.log_softmax(family.head(config, params, last), axis=-1)         # [n, V]
   table = family.word_embeddings(params)
@@ -48,6 +59,37 @@ def label_log_likelihoods(family, config, params, ids, mask, label_ids, label_ma
 
   out = jax.lax.map(one, (jnp.maximum(label_ids, 0), jnp.asarray(label_mask, bool)))
   return jnp.moveaxis(out, 0, 1)
+
+
+def _continue_shared(family, config, params, shared, ids, mask, *, extra, tokens, prefix,
+                     insert_at, prefix_positions, cache_dtype, entry_layer, lower):
+  """prefill's (cache, lengths, last, dtype) for rows that each continue one shared context:
+  the shared part (with the prompt) runs once into a cache of one row, which every row then
+  extends with its own tokens."""
+  if lower is not None:
+    raise ValueError("label scores: `lower` holds the states of whole contexts; with a shared "
+                     "context the lower layers are computed from it (pass lower=None)")
+  if tokens is not None and tokens.ndim == 3:
+    raise ValueError("label scores: a shared context takes one prompt [P, d], not one per row "
+                     f"{tokens.shape}")
+  shared_ids, shared_mask = (jnp.asarray(a) for a in shared)
+  if shared_ids.ndim != 1 or shared_mask.shape != shared_ids.shape:
+    raise ValueError(f"label scores: shared must be (ids [S0], mask [S0]), got "
+                     f"{shared_ids.shape} and {shared_mask.shape}")
+  n, s = ids.shape
+  cache, length0, last0, dtype = clm.prefill(
+      family, config, params, shared_ids[None], shared_mask[None], extra=s + extra,
+      tokens=tokens, prefix=prefix, insert_at=insert_at, prefix_positions=prefix_positions,
+      cache_dtype=cache_dtype, entry_layer=entry_layer)
+  cache = jax.tree.map(lambda c: jnp.repeat(c, n, axis=1), cache)     # [L, n, size, ...]
+  start = jnp.broadcast_to(length0, (n,))
+  x = family.word_embeddings(params)[ids].astype(dtype)
+  h, cache = clm.cached_step(family, config, params, x, start, cache, prefix=prefix,
+                             prefix_positions=prefix_positions)
+  own = jnp.sum(jnp.asarray(mask, bool), axis=1).astype(jnp.int32)
+  last = jnp.take_along_axis(h, jnp.maximum(own - 1, 0)[:, None, None], axis=1)[:, 0]
+  last = jnp.where((own > 0)[:, None], last, last0)  # a row with no tokens of its own
+  return cache, start + own, last, dtype
 
 
 def reduce(per_token, label_mask, normalize: str = "sum"):
