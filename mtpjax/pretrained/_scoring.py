@@ -83,7 +83,8 @@ def _continue_shared(family, config, params, shared, ids, mask, *, extra, tokens
       cache_dtype=cache_dtype, entry_layer=entry_layer)
   cache = jax.tree.map(lambda c: jnp.repeat(c, n, axis=1), cache)     # [L, n, size, ...]
   start = jnp.broadcast_to(length0, (n,))
-  x = family.word_embeddings(params)[ids].astype(dtype)
+  x, _ = clm.embeddings(family, config, params, ids, mask)  # ids past the vocabulary: NaN
+  x = x.astype(dtype)
   h, cache = clm.cached_step(family, config, params, x, start, cache, prefix=prefix,
                              prefix_positions=prefix_positions)
   own = jnp.sum(jnp.asarray(mask, bool), axis=1).astype(jnp.int32)
