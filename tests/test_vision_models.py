@@ -314,7 +314,8 @@ def test_the_gradient_in_a_visual_prompt_matches_finite_differences(written, kin
     _, task = prompt.init(jax.random.key(0))
     task = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), task)
     xs = jnp.asarray(x, jnp.float64)
-    loss = jax.jit(lambda t: jnp.sum(jax.nn.log_softmax(f(params, xs, prompt.apply(None, t)))[:, 0]))
+    loss = jax.jit(lambda t: jnp.sum(
+        jax.nn.log_softmax(f(params, xs, prompt.apply(None, t)))[:, 0]))
     direction = jax.tree.map(lambda a: jnp.asarray(
         np.random.default_rng(7).standard_normal(a.shape)), task)
     analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(jax.grad(loss)(task)),

@@ -5,8 +5,9 @@ a copy in each executable, and constant folding at compile time. For an episode 
 data set that is seconds of compilation and memory per program: drawing 16 episodes from a
 221 MB feature table compiled in 3.9 s and added 0.35 GB while compiling when closed over,
 1.3 s and nothing as an argument (`.venv/bin/python -m benchmarks.hoist_compile`, 2 CPU
-cores; tests/test_meta.py checks that the meta step holds no such constant). `hoist` splits a bound `.sample` of a pytree (every episode family in mtpjax.tasks)
-into its arrays and a function of them, so trainers and evaluators pass the arrays in.
+cores; tests/test_meta.py checks that the meta step holds no such constant). `hoist` splits
+a bound `.sample` of a pytree (every episode family in mtpjax.tasks) into its arrays and a
+function of them, so trainers and evaluators pass the arrays in.
 """
 
 from typing import Any, Callable, Optional

@@ -204,11 +204,11 @@ class CausalLM(NamedTuple):
       ids, mask = self.tokenize(contexts)
       ids, mask = _pad_to(ids, mask, _bucket(ids.shape[1]), self.pad_id)
       return np.asarray(fn(self.params, ids, mask, label_ids, label_mask, tokens, prefix))
-    shared, ids, mask = self.shared_context(shared_context, contexts)
-    shared = _pad_to(shared[0][None], shared[1][None], _bucket(shared[0].shape[0]), self.pad_id)
+    (ids0, mask0), ids, mask = self.shared_context(shared_context, contexts)
+    ids0, mask0 = _pad_to(ids0[None], mask0[None], _bucket(ids0.shape[0]), self.pad_id)
     ids, mask = _pad_to(ids, mask, _bucket(ids.shape[1]), self.pad_id)
     return np.asarray(fn(self.params, ids, mask, label_ids, label_mask, tokens, prefix,
-                         (shared[0][0], shared[1][0])))
+                         (ids0[0], mask0[0])))
 
   def shared_context(self, shared: str, continuations: Sequence[str]):
     """((ids [S0], mask [S0]), ids [n, T], mask [n, T]) for scores_fn's `shared`: the shared
